@@ -214,7 +214,7 @@ VAGUE = {
 GENERIC_VAGUE = ["the usual for {when}, please", "set things up like always for {when}",
                  "you know what I like for {when}", "my usual {when} setup, please"]
 PREFERENCE = ["{Ack} {Dev} set to {s}, just how you like it {when}.", "{Ack} {Dev} at {s}, as usual {when}.",
-              "{Ack} I've set {dev} to {s}, your usual {when}.", "{Ack} Your {when} settings: {dev} at {s}.",
+              "{Ack} I've set {dev} to {s}, your usual {when}.", "{Ack} Your usual settings {when}: {dev} at {s}.",
               "{Ack} Setting {dev} to {s}, the way you like it."]
 PARTIAL = ["Setting {dev} to {given}, and {rest} as usual.", "Done: {dev} at {given}; I've also set {rest} like you usually have it {when}.",
            "{Dev} set to {given}, plus {rest}, your usual {when}."]
