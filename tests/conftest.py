@@ -41,3 +41,74 @@ def sample_dialogues():
     if not SAMPLE.is_file():
         pytest.skip(f"real sample not found at {SAMPLE}")
     return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+
+
+def build_tiny_model(folder, seed=0):
+    """A randomly initialised 2-layer Llama with SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from scripts.modeling import BASE_CACHE, EMBEDDED_CHAT, _package_dir
+
+    package, gguf_file, name = EMBEDDED_CHAT["embedded:smollm2-135m-instruct"]
+    if (BASE_CACHE / name / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(BASE_CACHE / name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(_package_dir(package), gguf_file=gguf_file)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from scripts.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory):
+    """Cleaned dialogues and splits for 3 demo personas x 10 sessions, plus the loaded objects."""
+    from scripts.clean_data import clean
+    from scripts.create_splits import make_splits
+
+    folder = tmp_path_factory.mktemp("demo")
+    dialogs, _, problems = clean(write_raw(folder / "raw", *generate(3, 10, seed=7)))
+    assert not problems
+    splits = make_splits(dialogs, min_dialogues=5)
+    (folder / "dialogs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dialogs))
+    (folder / "splits.json").write_text(json.dumps(splits))
+    return {"dialogs_path": folder / "dialogs.jsonl", "splits_path": folder / "splits.json",
+            "dialogs": dialogs, "splits": splits}
+
+
+class BagOfWordsEmbedder:
+    """A deterministic stand-in for SentenceTransformer.encode: normalised word-count vectors."""
+
+    def __init__(self, dim=512):
+        self.dim = dim
+
+    def encode(self, texts, normalize_embeddings=True, **_):
+        import zlib
+
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dim))
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, zlib.crc32(word.encode()) % self.dim] += 1
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)

@@ -1,0 +1,140 @@
+"""The evaluation unit and metric suite every arm shares.
+
+Unit: every assistant turn of every dialogue of a split, predicted from the ground-truth history
+before it. Per turn: ROUGE-1/2/L F1, embedding cosine similarity (all-MiniLM-L6-v2), the action
+metrics and routine adherence of scripts/action_metrics.py, and prediction/reference lengths.
+Runs aggregate as means for the text metrics and micro sums for the action counts (macro per
+persona is reported beside them).
+"""
+
+from collections import defaultdict
+
+import numpy as np
+
+from scripts.action_metrics import ActionExtractor, ActionMetrics, aggregate_adherence, routine_adherence
+from scripts.data_io import UserError
+from scripts.prompting import HistoryRetriever, build_turn_messages, render_prompt
+
+TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "embedding_similarity", "pred_words", "ref_words")
+
+
+def split_indices(splits, split, personas=None):
+    """Dialogue indices of a split, persona by persona, optionally for some personas only."""
+    per_persona = splits["per_persona"]
+    if personas:
+        unknown = [p for p in personas if p not in per_persona]
+        if unknown:
+            raise UserError(f"unknown persona(s) {', '.join(unknown)}; the splits have {', '.join(sorted(per_persona)[:5])}, ...")
+    chosen = personas or sorted(per_persona)
+    return [i for p in chosen for i in per_persona[p][split]]
+
+
+def collect_turns(dialogs, indices, max_examples=None):
+    """Every assistant turn of the given dialogues, in order, capped at max_examples."""
+    turns = []
+    for index in indices:
+        dialog = dialogs[index]
+        for t, message in enumerate(dialog["messages"]):
+            if message["role"] == "assistant":
+                turns.append({"persona_id": dialog["persona_id"], "dialog_index": index,
+                              "session_id": dialog["session_id"], "turn_index": t, "reference": message["text"]})
+                if max_examples and len(turns) >= max_examples:
+                    return turns
+    return turns
+
+
+def build_prompts(tokenizer, dialogs, turns, prompt_cfg, retriever=None):
+    """Rendered prompts for the turns, with retrieved history when the config asks for it."""
+    retrieved = [()] * len(turns)
+    if prompt_cfg["retrieved_history"] > 0:
+        if retriever is None:
+            raise ValueError("retrieved_history > 0 needs a HistoryRetriever")
+        queries = [(t["persona_id"], dialogs[t["dialog_index"]]["messages"][:t["turn_index"]], t["dialog_index"])
+                   for t in turns]
+        retrieved = retriever.retrieve_many(queries)
+    return [render_prompt(tokenizer, build_turn_messages(dialogs[t["dialog_index"]], t["turn_index"], prompt_cfg, r))
+            for t, r in zip(turns, retrieved)]
+
+
+def make_retriever(embedder, dialogs, splits, k):
+    train = {p: v["train"] for p, v in splits["per_persona"].items()}
+    return HistoryRetriever(embedder, dialogs, train, k)
+
+
+class TurnScorer:
+    def __init__(self, embedder):
+        from rouge_score import rouge_scorer
+
+        self.embedder = embedder
+        self.rouge = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        self.extract = ActionExtractor().extract_actions
+
+    def score(self, dialogs, turns, predictions):
+        """One record per turn: the metrics, the extracted actions and the counts to aggregate."""
+        refs = [t["reference"] for t in turns]
+        vectors = self.embedder.encode(predictions + refs, normalize_embeddings=True, batch_size=64,
+                                       show_progress_bar=False)
+        vectors = np.asarray(vectors)
+        pred_vec, ref_vec = vectors[: len(refs)], vectors[len(refs):]
+        records = []
+        for k, (turn, pred) in enumerate(zip(turns, predictions)):
+            dialog = dialogs[turn["dialog_index"]]
+            history = dialog["messages"][: turn["turn_index"]]
+            pred_actions = self.extract(pred, history)
+            ref_actions = self.extract(turn["reference"], history)
+            rouge = self.rouge.score(turn["reference"], pred)
+            records.append({
+                **turn, "prediction": pred,
+                "rouge1": rouge["rouge1"].fmeasure, "rouge2": rouge["rouge2"].fmeasure, "rougeL": rouge["rougeL"].fmeasure,
+                "embedding_similarity": float(pred_vec[k] @ ref_vec[k]),
+                "pred_words": len(pred.split()), "ref_words": len(turn["reference"].split()),
+                "pred_actions": pred_actions, "ref_actions": ref_actions,
+                "action_counts": ActionMetrics.compare_actions(pred_actions, ref_actions),
+                "adherence_counts": routine_adherence(pred_actions, dialog["meta"], dialog["routines"],
+                                                      dialog["applied_routines"]),
+            })
+        return records
+
+
+def aggregate(records):
+    """Run-level metrics: means of text metrics, micro action metrics, adherence, macro beside."""
+    if not records:
+        return {"turns": 0}
+    out = {"turns": len(records), "personas": len({r["persona_id"] for r in records})}
+    for key in TEXT_METRICS:
+        out[key] = float(np.mean([r[key] for r in records]))
+    out.update(ActionMetrics.aggregate([r["action_counts"] for r in records]))
+    out.update(aggregate_adherence([r["adherence_counts"] for r in records]))
+    by_persona = defaultdict(list)
+    for r in records:
+        by_persona[r["persona_id"]].append(r["action_counts"])
+    out.update({f"macro_{k}": v for k, v in ActionMetrics.macro(by_persona).items()
+                if k in ("device_f1", "param_f1", "numerical_exact")})
+    return out
+
+
+def aggregate_per_persona(records):
+    by_persona = defaultdict(list)
+    for r in records:
+        by_persona[r["persona_id"]].append(r)
+    return {p: aggregate(rs) for p, rs in sorted(by_persona.items())}
+
+
+def sample_record(record, dialogs):
+    dialog = dialogs[record["dialog_index"]]
+    return {"persona_id": record["persona_id"], "session_id": record["session_id"], "turn_index": record["turn_index"],
+            "history": dialog["messages"][: record["turn_index"]], "prediction": record["prediction"],
+            "reference": record["reference"], "pred_actions": record["pred_actions"], "ref_actions": record["ref_actions"]}
+
+
+SUMMARY_COLUMNS = ("turns", "embedding_similarity", "rougeL", "device_f1", "param_f1", "numerical_exact",
+                   "numerical_within1", "categorical_accuracy", "adherence_precision", "adherence_coverage")
+
+
+def summary_rows(per_persona):
+    return [{"persona_id": p, **{k: m.get(k) for k in SUMMARY_COLUMNS}} for p, m in per_persona.items()]
+
+
+def format_metrics(metrics):
+    keys = [k for k in SUMMARY_COLUMNS if k != "turns"]
+    return "  ".join(f"{k}={metrics[k]:.3f}" if isinstance(metrics.get(k), float) else f"{k}=n/a" for k in keys)

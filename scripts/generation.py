@@ -1,0 +1,65 @@
+"""Batched greedy (or seeded sampled) generation with left padding, sorted by length.
+
+Sorting prompts by length makes each batch nearly pad-free; left padding keeps every row's last
+prompt token at the same position, so the new tokens of a batch line up. With PEFT adapters loaded
+into one model, `adapter_names` gives each row its own adapter (mixed-adapter batches).
+"""
+
+import torch
+from tqdm.auto import tqdm
+
+
+def stop_token_ids(tokenizer):
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+def encode_prompts(tokenizer, prompts):
+    """Token ids of rendered prompts (the chat template already holds the special tokens)."""
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def left_padded_batch(tokenizer, id_lists, device):
+    width = max(len(ids) for ids in id_lists)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in id_lists], device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in id_lists], device=device)
+    return input_ids, attention
+
+
+def generation_kwargs(tokenizer, gen_cfg):
+    kwargs = {"max_new_tokens": gen_cfg["max_new_tokens"], "do_sample": gen_cfg["do_sample"],
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(tokenizer)}
+    if gen_cfg["do_sample"]:
+        kwargs.update(temperature=gen_cfg["temperature"], top_p=gen_cfg["top_p"])
+    else:  # silence the model's own sampling defaults
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+@torch.inference_mode()
+def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_names=None,
+                   desc="generating", progress=True):
+    """Replies for rendered prompts, in the prompts' order."""
+    batch_size = batch_size or gen_cfg["batch_size"]
+    ids = encode_prompts(tokenizer, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]), reverse=True)
+    kwargs = generation_kwargs(tokenizer, gen_cfg)
+    device = next(model.parameters()).device
+    if gen_cfg["do_sample"]:
+        torch.manual_seed(gen_cfg["seed"])
+    replies = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        input_ids, attention = left_padded_batch(tokenizer, [ids[i] for i in rows], device)
+        extra = {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names is not None else {}
+        out = model.generate(input_ids=input_ids, attention_mask=attention, **kwargs, **extra)
+        for row, tokens in zip(rows, out[:, input_ids.shape[1]:]):
+            replies[row] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        bar.update(len(rows))
+    bar.close()
+    return replies

