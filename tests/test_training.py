@@ -1,0 +1,164 @@
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import run_script
+from safetensors.torch import load_file
+
+from scripts.config import defaults
+from scripts.prompting import chat_messages
+from scripts.training import IGNORE, dialog_example, supervised_sequence
+
+MESSAGES = [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "Lights on at 50%."},
+            {"role": "user", "text": "Thanks!"}, {"role": "assistant", "text": "You're welcome."}]
+
+
+# ------------------------------------------------------------ loss masking
+def test_labels_are_exactly_the_assistant_tokens(tiny_model):
+    _, tokenizer = tiny_model
+    ids, labels = supervised_sequence(tokenizer, chat_messages("SYS", MESSAGES))
+    text = tokenizer.apply_chat_template(chat_messages("SYS", MESSAGES), tokenize=False)
+    assert tokenizer.decode(ids) == text
+    supervised = [i for i, label in enumerate(labels) if label != IGNORE]
+    assert all(labels[i] == ids[i] for i in supervised)
+    # contiguous supervised spans, decoded: the assistant messages, each with its end-of-turn token
+    spans, current = [], [supervised[0]]
+    for i in supervised[1:]:
+        if i == current[-1] + 1:
+            current.append(i)
+        else:
+            spans.append(current)
+            current = [i]
+    spans.append(current)
+    assert [tokenizer.decode([ids[i] for i in span]) for span in spans] == [
+        "Lights on at 50%.<|im_end|>", "You're welcome.<|im_end|>"]
+    # and token by token, everything else (system, user turns, role headers) is masked
+    unsupervised = tokenizer.decode([t for t, label in zip(ids, labels) if label == IGNORE])
+    assert unsupervised == text.replace("Lights on at 50%.<|im_end|>", "").replace("You're welcome.<|im_end|>", "")
+
+
+def test_long_dialogues_keep_the_most_recent_turns(tiny_model):
+    _, tokenizer = tiny_model
+    cfg = {**defaults()["prompt"], "system_template": "SYS"}
+    dialog = {"messages": MESSAGES * 6}
+    full = dialog_example(tokenizer, dialog, cfg, max_seq_length=10_000)
+    short = dialog_example(tokenizer, dialog, cfg, max_seq_length=len(full["input_ids"]) // 2)
+    assert len(short["input_ids"]) <= len(full["input_ids"]) // 2
+    assert short["input_ids"][-20:] == full["input_ids"][-20:]  # the end of the dialogue is kept
+    assert tokenizer.decode(short["input_ids"]).startswith("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user")
+
+
+# ------------------------------------------------------------ the script
+@pytest.fixture()
+def train_config(tmp_path, tiny_model_dir, demo_files):
+    def make(**training):
+        cfg = {"model": {"name": str(tiny_model_dir), "device": "cpu"},
+               "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+               "prompt": {"system_template": "You are a home assistant."},
+               "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
+               "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "max_seq_length": 512,
+                            "unified_adapter": str(tmp_path / "lora_all"), **training}}
+        path = tmp_path / f"train_{len(list(tmp_path.glob('train_*.json')))}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+    return make
+
+
+def _weights(folder):
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
+    out = tmp_path / "per_user"
+    config = train_config()
+    result = run_script("train_lora_per_user.py", "--config", config, "--max_personas", 2, "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    first = {p: _weights(out / p) for p in ("persona_000", "persona_001")}
+    log = json.loads((out / "persona_000" / "train_log.json").read_text())
+    assert log["best_epoch"] in (1, 2) and len(log["epochs"]) == 2 and log["train_tokens"] > 0
+    adapter_cfg = json.loads((out / "persona_000" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"].endswith(tmp_path.parent.name) is False
+    rows = list(csv.DictReader((out / "training_summary.csv").open()))
+    assert [r["status"] for r in rows] == ["trained", "trained"]
+
+    # an interrupted persona: its folder is incomplete -> redone; the finished one is skipped
+    (out / "persona_001" / "adapter_model.safetensors").unlink()
+    result = run_script("train_lora_per_user.py", "--config", config, "--max_personas", 2, "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    rows = {r["persona_id"]: r["status"] for r in csv.DictReader((out / "training_summary.csv").open())}
+    assert rows == {"persona_000": "skipped (complete)", "persona_001": "trained"}
+    # same seed and data -> identical weights, whether trained first or alone after an interruption
+    again = _weights(out / "persona_001")
+    assert first["persona_001"].keys() == again.keys()
+    assert all(torch.equal(first["persona_001"][k], again[k]) for k in again)
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no staging folders left
+
+
+def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
+    from peft import PeftModel, get_peft_model
+
+    from scripts.modeling import load_model_and_tokenizer
+    from scripts.train_lora_per_user import lora_config, save_adapter
+    from scripts.training import collate, dialog_example, train_adapter
+
+    cfg = defaults()
+    cfg["lora"].update(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg["training"].update(epochs=1, batch_size=2, learning_rate=1e-2)
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    dialogs = demo_files["dialogs"]
+    examples = [dialog_example(tokenizer, dialogs[i], cfg["prompt"], 512) for i in range(4)]
+    peft_model = get_peft_model(model, lora_config(cfg["lora"]), adapter_name="job_x")
+    train_adapter(peft_model, examples, examples[:2], cfg["training"], tokenizer.pad_token_id, progress=False)
+    input_ids, attention, _ = collate(examples[:2], tokenizer.pad_token_id)
+    with torch.no_grad():
+        in_memory = peft_model(input_ids=input_ids, attention_mask=attention).logits
+    folder = demo_files["dialogs_path"].parent / "saved_adapter"
+    save_adapter(peft_model, "job_x", folder, {"note": "test"})
+    fresh, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    loaded = PeftModel.from_pretrained(fresh, folder).eval()
+    with torch.no_grad():
+        reloaded = loaded(input_ids=input_ids, attention_mask=attention).logits
+    torch.testing.assert_close(reloaded, in_memory)
+    with torch.no_grad(), loaded.disable_adapter():  # the adapter really changed the model
+        assert not torch.allclose(in_memory, loaded(input_ids=input_ids, attention_mask=attention).logits)
+    shutil.rmtree(folder)
+
+
+def test_failing_persona_does_not_stop_the_others(train_config, demo_files, tmp_path):
+    splits = json.loads(demo_files["splits_path"].read_text())
+    splits["per_persona"]["persona_001"]["train"] = []
+    broken = tmp_path / "splits_broken.json"
+    broken.write_text(json.dumps(splits))
+    config = json.loads(train_config().read_text())
+    config["data"]["splits"] = str(broken)
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "pu"
+    result = run_script("train_lora_per_user.py", "--config", path, "--output_dir", out)
+    assert result.returncode == 1
+    assert "persona_001: FAILED" in result.stdout + result.stderr
+    rows = {r["persona_id"]: r["status"] for r in csv.DictReader((out / "training_summary.csv").open())}
+    assert rows == {"persona_000": "trained", "persona_001": "failed", "persona_002": "trained"}
+    assert not (out / "persona_001").exists()
+
+
+def test_all_then_per_user_on_all(train_config, tmp_path):
+    config = train_config(epochs=1)
+    result = run_script("train_lora_per_user.py", "--config", config, "--scope", "all")
+    assert result.returncode == 0, result.stderr
+    unified = tmp_path / "lora_all"
+    log = json.loads((unified / "train_log.json").read_text())
+    assert log["scope"] == "all" and log["train_examples"] == 3 * 6  # 3 personas x 6 train dialogues
+    out = tmp_path / "on_all"
+    result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",
+                        "--personas", "persona_002", "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    log = json.loads((out / "persona_002" / "train_log.json").read_text())
+    assert log["on_unified_adapter"] == str(unified.resolve()) and log["scope"] == "per_user_on_all"
+    # without a unified adapter the scope is refused clearly
+    shutil.rmtree(unified)
+    result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",
+                        "--personas", "persona_000", "--output_dir", tmp_path / "x")
+    assert result.returncode == 2 and "no finished unified adapter" in result.stderr
