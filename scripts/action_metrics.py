@@ -22,8 +22,9 @@ Metrics (`ActionMetrics`)
 -------------------------
 `compare_actions(pred, ref)` returns counts for one turn; `aggregate(counts)` sums them over a run
 (micro) and divides:
-- device precision = |Dp ∩ Dr| / |Dp|, recall = |Dp ∩ Dr| / |Dr|, F1 their harmonic mean, where
-  Dp, Dr are the sets of devices in prediction and reference;
+- device precision = |Dp ∩ Dr| / |Dp|, recall = |Dp ∩ Dr| / |Dr|, F1 = 2tp / (2tp + fp + fn) (their
+  harmonic mean, and 0 when nothing is predicted but something was expected), where Dp, Dr are
+  the sets of devices in prediction and reference;
 - parameter precision/recall/F1: the same over (device, param, value) triples, so a parameter
   counts as right only with the right value;
 - numerical: over (device, param) pairs present in both with integer values: exact share,
@@ -277,10 +278,9 @@ def _ratio(num, den):
     return num / den if den else None
 
 
-def _f1(p, r):
-    if p is None or r is None:
-        return None
-    return 2 * p * r / (p + r) if p + r else 0.0
+def _f1(tp, fp, fn):
+    """2tp / (2tp + fp + fn): the harmonic mean of P and R, and 0 (not undefined) when one side is empty."""
+    return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
 def _is_number(v):
@@ -332,7 +332,8 @@ class ActionMetrics:
         for kind in ("device", "param"):
             p = _ratio(c[f"{kind}_tp"], c[f"{kind}_tp"] + c[f"{kind}_fp"])
             r = _ratio(c[f"{kind}_tp"], c[f"{kind}_tp"] + c[f"{kind}_fn"])
-            out.update({f"{kind}_precision": p, f"{kind}_recall": r, f"{kind}_f1": _f1(p, r)})
+            f1 = _f1(c[f"{kind}_tp"], c[f"{kind}_fp"], c[f"{kind}_fn"])
+            out.update({f"{kind}_precision": p, f"{kind}_recall": r, f"{kind}_f1": f1})
         out["numerical_exact"] = _ratio(c["num_exact"], c["num_n"])
         out["numerical_within1"] = _ratio(c["num_within1"], c["num_n"])
         out["numerical_mae"] = _ratio(c["num_abs_err"], c["num_n"])

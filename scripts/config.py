@@ -80,6 +80,9 @@ SCHEMA = {
         "lora_per_user": (str, "models/lora_per_user"),
         "lora_per_user_on_all": (str, "models/lora_per_user_on_all"),
         "retrieved_history": (int, 2),
+        "best_on_val": (bool, True),
+        "primary_metric": (str, "param_f1"),
+        "n_bootstrap": (int, 2000),
     },
 }
 

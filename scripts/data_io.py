@@ -53,7 +53,7 @@ def write_jsonl(path, rows):
 
 
 def write_csv(path, rows, fieldnames=None):
-    fieldnames = fieldnames or (list(rows[0].keys()) if rows else [])
+    fieldnames = fieldnames or list(dict.fromkeys(key for row in rows for key in row))  # union, first-seen order
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore")
     writer.writeheader()

@@ -1,0 +1,122 @@
+"""Our trainer against the study guide's recipe: wall time for the same personas, and val loss.
+
+    .venv/bin/python benchmarks/bench_training.py [--personas 2] [--epochs 1] [--sessions 20]
+
+Ours: the base model loaded once; per persona a fresh LoRA trained on whole train dialogues with
+the loss on assistant tokens (scripts/train_lora_per_user.py). Reference (the guide's recipe): per
+persona the base model loaded again, one example per assistant turn with its history (the
+prompt builder's prompt + the reply, loss on the reply), Hugging Face `Trainer`. Same model, LoRA
+settings, epochs, batch size and learning rate (configs/demo/lora_training.json). Both adapters'
+val loss is measured by the same function (assistant-token cross-entropy on the persona's val
+dialogues, scripts/training.py:mean_loss).
+"""
+
+import argparse
+import tempfile
+import time
+
+import torch
+from common import demo_dataset, peak_rss_mb
+
+from scripts.config import load_config
+from scripts.modeling import load_model_and_tokenizer
+from scripts.prompting import build_turn_messages, chat_messages
+from scripts.train_lora_per_user import AdapterTrainer, examples_for, lora_config
+from scripts.training import IGNORE, collate, mean_loss
+
+
+def per_turn_examples(tokenizer, dialogs, indices, cfg):
+    """The guide's samples: for each assistant turn, its prompt (history) and the reply as the target."""
+    examples = []
+    for i in indices:
+        dialog = dialogs[i]
+        for t, message in enumerate(dialog["messages"]):
+            if message["role"] != "assistant":
+                continue
+            prompt_messages = build_turn_messages(dialog, t, cfg["prompt"])
+            prompt = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(prompt_messages + [{"role": "assistant", "content": message["text"]}],
+                                                 tokenize=False)
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(full, add_special_tokens=False)["input_ids"][: cfg["training"]["max_seq_length"]]
+            examples.append({"input_ids": ids, "labels": [IGNORE] * len(p_ids) + ids[len(p_ids):]})
+    return examples
+
+
+def guide_recipe(model_name, persona_jobs, dialogs, cfg, out_dir):
+    """Per persona: load the base model, wrap it in a LoRA, train with transformers.Trainer."""
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    tc = cfg["training"]
+    adapters = {}
+    for persona, train_ix, _ in persona_jobs:
+        model, tokenizer, _ = load_model_and_tokenizer(model_name, device="cpu")
+        torch.manual_seed(tc["seed"])
+        peft_model = get_peft_model(model, lora_config(cfg["lora"]))
+        pad = tokenizer.pad_token_id
+
+        def collator(batch, pad=pad):
+            input_ids, attention, labels = collate(batch, pad)
+            return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+        args = TrainingArguments(output_dir=f"{out_dir}/{persona}", per_device_train_batch_size=tc["batch_size"],
+                                 num_train_epochs=tc["epochs"], learning_rate=tc["learning_rate"],
+                                 weight_decay=tc["weight_decay"], warmup_steps=float(tc["warmup_ratio"]),
+                                 max_grad_norm=tc["max_grad_norm"], lr_scheduler_type="linear", seed=tc["seed"],
+                                 save_strategy="no", report_to=[], logging_steps=50, use_cpu=True,
+                                 disable_tqdm=True, remove_unused_columns=False)
+        Trainer(model=peft_model, args=args, data_collator=collator,
+                train_dataset=per_turn_examples(tokenizer, dialogs, train_ix, cfg)).train()
+        adapters[persona] = (peft_model.eval(), tokenizer)
+    return adapters
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/demo/lora_training.json")
+    parser.add_argument("--personas", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--sessions", type=int, default=20)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)  # same epochs on both sides
+    with tempfile.TemporaryDirectory() as tmp:
+        dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=args.sessions)
+    jobs = [(p, s["train"], s["val"]) for p, s in sorted(splits["per_persona"].items())]
+    model_name = cfg["model"]["name"]
+    load_model_and_tokenizer(model_name, device="cpu")  # build the base cache outside both timings
+
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        model, tokenizer, _ = load_model_and_tokenizer(model_name, device="cpu")
+        trainer = AdapterTrainer(model, tokenizer, cfg)
+        ours_val = {}
+        for persona, train_ix, val_ix in jobs:
+            trainer.train(persona, train_ix, val_ix, dialogs, f"{out}/ours/{persona}", {})
+            val = examples_for(tokenizer, dialogs, val_ix, cfg)
+            ours_val[persona] = mean_loss(trainer.peft_model, val, tokenizer.pad_token_id)
+        ours_s = time.perf_counter() - t
+        ours_rss = peak_rss_mb()
+
+        t = time.perf_counter()
+        reference = guide_recipe(model_name, jobs, dialogs, cfg, f"{out}/reference")
+        ref_s = time.perf_counter() - t
+        ref_rss = peak_rss_mb()
+    ref_val = {}
+    for persona, _, val_ix in jobs:
+        ref_model, ref_tok = reference[persona]
+        ref_val[persona] = mean_loss(ref_model, examples_for(ref_tok, dialogs, val_ix, cfg), ref_tok.pad_token_id)
+
+    n_train = sum(len(j[1]) for j in jobs)
+    print(f"{len(jobs)} personas, {n_train} train dialogues, {args.epochs} epoch(s), model {model_name}")
+    for persona, _, _ in jobs:
+        print(f"  {persona}: val loss ours {ours_val[persona]:.4f}, reference {ref_val[persona]:.4f}")
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+    print(f"ours: {ours_s:.0f} s, mean val loss {mean(ours_val):.4f}, peak RSS {ours_rss:.0f} MB")
+    print(f"reference (guide's recipe): {ref_s:.0f} s, mean val loss {mean(ref_val):.4f}, peak RSS {ref_rss:.0f} MB")
+    print(f"speedup: {ref_s / ours_s:.2f}x ({ours_s:.0f} s vs {ref_s:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

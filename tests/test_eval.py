@@ -1,0 +1,120 @@
+import csv
+import json
+
+import pytest
+import torch
+from conftest import run_script
+
+from scripts.config import defaults
+from scripts.generation import encode_prompts, generation_kwargs, left_padded_batch
+from scripts.prompting import build_turn_messages, render_prompt
+from scripts.statistics import bootstrap_ci, paired_comparison, sign_test_p
+
+
+# ------------------------------------------------------------ statistics by hand
+def test_sign_test_hand_values():
+    assert sign_test_p(5, 0) == pytest.approx(2 / 32)           # 2 * P(X <= 0), n = 5
+    assert sign_test_p(8, 2) == pytest.approx(2 * 56 / 1024)    # 2 * (C(10,0)+C(10,1)+C(10,2)) / 2^10
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
+
+
+def test_bootstrap_and_paired_comparison():
+    assert bootstrap_ci([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1))
+    low, high = bootstrap_ci([0.0, 1.0] * 20, n_boot=4000, seed=1)
+    assert low < 0.5 < high and 0.3 < low and high < 0.7
+    a = {"p1": 0.5, "p2": 0.4, "p3": 0.9, "p4": None, "p5": 0.3}
+    b = {"p1": 0.3, "p2": 0.4, "p3": 0.5, "p4": 0.2}
+    c = paired_comparison(a, b, n_boot=500)
+    # common defined personas: p1 (+0.2), p2 (0), p3 (+0.4)
+    assert c["personas"] == 3 and c["macro_delta"] == pytest.approx(0.2)
+    assert c["helped"] == pytest.approx(2 / 3) and c["hurt"] == 0.0
+    assert c["sign_test_p"] == pytest.approx(0.5)               # 2 helped, 0 hurt: 2 * 1/4
+    assert c["ci_low"] == pytest.approx(0.0) and c["ci_high"] == pytest.approx(0.4)  # the extremes of 3 deltas
+
+
+# ------------------------------------------------------------ mixed-adapter batches
+def _random_adapter(model, name, seed):
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    model.add_adapter(name, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+
+def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from scripts.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False), adapter_name="p1")
+    _random_adapter(peft_model, "p2", seed=2)
+    peft_model.eval()
+    cfg = {**defaults()["prompt"], "system_template": "S"}
+    dialog = {"messages": [{"role": "user", "text": "Lights to 40%, please."}, {"role": "assistant", "text": "Done."},
+                           {"role": "user", "text": "And the TV volume to 12."}]}
+    prompts = [render_prompt(tokenizer, build_turn_messages(dialog, t, cfg)) for t in (1, 3, 3)]
+    ids = encode_prompts(tokenizer, prompts)
+    kwargs = {**generation_kwargs(tokenizer, {**defaults()["generation"], "max_new_tokens": 2}),
+              "output_logits": True, "return_dict_in_generate": True}
+
+    def logits(id_lists, names):
+        input_ids, attention = left_padded_batch(tokenizer, id_lists, "cpu")
+        with torch.no_grad():
+            out = peft_model.generate(input_ids=input_ids, attention_mask=attention, adapter_names=names, **kwargs)
+        return out.logits[0]
+
+    mixed = logits(ids, ["p1", "p2", "__base__"])
+    for row, name in enumerate(["p1", "p2", "__base__"]):
+        alone = logits([ids[row]], [name])
+        torch.testing.assert_close(mixed[row], alone[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(logits([ids[1]], ["p1"]), logits([ids[1]], ["p2"]))  # the adapters differ
+
+
+# ------------------------------------------------------------ the script end to end
+def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, demo_files, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from scripts.modeling import load_model_and_tokenizer
+    from scripts.train_lora_per_user import save_adapter
+
+    models = tmp_path / "models"
+    model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                                adapter_name="x")
+    save_adapter(peft_model, "x", models / "lora_all", {"note": "random"})
+    for persona in ("persona_000", "persona_001"):  # persona_002 has no per-user adapter
+        save_adapter(peft_model, "x", models / "per_user" / persona, {"note": "random"})
+        save_adapter(peft_model, "x", models / "on_all" / persona, {"note": "random"})
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "generation": {"max_new_tokens": 3, "batch_size": 8},
+        "arms": {"lora_all": str(models / "lora_all"), "lora_per_user": str(models / "per_user"),
+                 "lora_per_user_on_all": str(models / "on_all"), "n_bootstrap": 200}}))
+    out = tmp_path / "results"
+    result = run_script("eval_lora.py", "--config", config, "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    assert "lora_per_user: no adapter for 1 of 3 personas (persona_002)" in result.stdout
+    summary = json.loads((out / "arm_metrics.json").read_text())
+    assert summary["missing_adapters"] == {"lora_per_user": ["persona_002"], "lora_per_user_on_all": ["persona_002"]}
+    arms = summary["arms"]
+    assert set(arms) == {"baseline", "character", "retrieval", "lora_all", "lora_per_user", "lora_per_user_on_all",
+                         "best_on_val"}
+    assert arms["lora_per_user"]["personas"] == 2 and arms["baseline"]["personas"] == 3
+    assert arms["baseline"]["turns"] == summary["turns"]
+    assert set(summary["best_on_val_choice"]) == {"persona_000", "persona_001", "persona_002"}
+    rows = list(csv.DictReader((out / "per_persona.csv").open()))
+    assert {(r["persona_id"], r["arm"]) for r in rows} >= {("persona_002", "baseline"), ("persona_000", "lora_per_user")}
+    assert ("persona_002", "lora_per_user") not in {(r["persona_id"], r["arm"]) for r in rows}
+    assert "delta_vs_baseline_param_f1" in rows[0] and "delta_vs_lora_all_embedding_similarity" in rows[0]
+    comparison = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["arm"] for r in comparison][0] == "baseline"
+    assert "vs_baseline:param_f1:sign_test_p" in comparison[1]
+    table = (out / "comparison.md").read_text()
+    assert table.startswith("| arm |") and "| lora_per_user | 2 |" in table
+    for png in ("delta_histograms.png", "arm_comparison.png", "per_user_vs_unified.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
