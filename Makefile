@@ -1,8 +1,12 @@
 # AdaptCommand: `make setup` once, then `make test`. See README.md.
 PY := .venv/bin/python
 DEMO := data/demo
+DEMO_PERSONAS ?= 4
+DEMO_SESSIONS ?= 20
+# personas that get their own adapters in the demo (the unified adapter sees all demo personas)
+DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data
+.PHONY: setup test demo-data demo bench
 
 setup:
 	python3 -m venv .venv
@@ -17,6 +21,21 @@ test:
 	$(PY) -m pytest -q tests || [ $$? -eq 5 ]
 
 demo-data:
-	$(PY) scripts/make_demo_data.py --out_dir $(DEMO)/raw --personas 8 --seed 0
+	$(PY) scripts/make_demo_data.py --out_dir $(DEMO)/raw --personas $(DEMO_PERSONAS) --sessions $(DEMO_SESSIONS) --seed 0
 	$(PY) scripts/clean_data.py --raw_dir $(DEMO)/raw --output $(DEMO)/cleaned/dialogs_clean.jsonl
 	$(PY) scripts/create_splits.py --input $(DEMO)/cleaned/dialogs_clean.jsonl --output $(DEMO)/splits/edgesplits.json
+
+# The whole study offline on the demo data (synthetic): unified, per-user and per-user-on-unified
+# adapters, then every arm evaluated and compared. Rerunning skips adapters that are complete.
+demo: demo-data
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope all
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user \
+		--personas $(DEMO_USERS) --output_dir models/demo/lora_per_user
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all \
+		--personas $(DEMO_USERS) --output_dir models/demo/lora_per_user_on_all
+	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo
+
+bench:
+	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_eval.py

@@ -1,9 +1,10 @@
 """Batched generation (ours) against one-turn-at-a-time `model.generate`, same turns, same model.
 
-    .venv/bin/python benchmarks/bench_generation.py [--turns 32] [--max_new_tokens 32] [--batch_size 16]
+    .venv/bin/python benchmarks/bench_generation.py [--config configs/demo/baseline_v1.0.json] [--turns 48]
 
 Both paths generate greedily from identical prompts (the baseline's prompt builder on demo test
-turns) with the embedded SmolLM2-135M-Instruct. The reference runs first; peak RSS is read after
+turns) with the config's model (the embedded SmolLM2-135M-Instruct), prompt and generation
+settings (max_new_tokens, batch_size). The reference runs first; peak RSS is read after
 each path (the process peak, so the second figure includes the first).
 """
 
@@ -14,7 +15,7 @@ import time
 import torch
 
 from common import demo_dataset, peak_rss_mb
-from scripts.config import defaults
+from scripts.config import load_config
 from scripts.evaluation import build_prompts, collect_turns, split_indices
 from scripts.generation import encode_prompts, generate_texts, generation_kwargs
 from scripts.modeling import load_model_and_tokenizer
@@ -33,20 +34,18 @@ def one_by_one(model, tokenizer, prompts, gen_cfg):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--turns", type=int, default=32)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--config", default="configs/demo/baseline_v1.0.json")
+    parser.add_argument("--turns", type=int, default=48)
     args = parser.parse_args()
-    cfg = defaults()
-    gen = {**cfg["generation"], "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+    cfg = load_config(args.config)
+    gen = cfg["generation"]
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp)
     turns = collect_turns(dialogs, split_indices(splits, "test"), args.turns)
-    model, tokenizer, _ = load_model_and_tokenizer(args.model, device="cpu")
+    model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
     prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
     print(f"{len(turns)} turns, prompt tokens {sum(map(len, encode_prompts(tokenizer, prompts))) / len(prompts):.0f} "
-          f"on average, up to {args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}")
+          f"on average, up to {gen['max_new_tokens']} new tokens, torch threads {torch.get_num_threads()}")
     one_by_one(model, tokenizer, prompts[:1], {**gen, "max_new_tokens": 2})  # warm-up
 
     t = time.perf_counter()
@@ -60,7 +59,7 @@ def main():
 
     same = sum(a == b for a, b in zip(ours, reference))
     print(f"one-by-one: {len(turns) / ref_s:.2f} turns/s ({ref_s:.1f} s), peak RSS {ref_rss:.0f} MB")
-    print(f"batched (batch {args.batch_size}): {len(turns) / ours_s:.2f} turns/s ({ours_s:.1f} s), peak RSS {ours_rss:.0f} MB")
+    print(f"batched (batch {gen['batch_size']}): {len(turns) / ours_s:.2f} turns/s ({ours_s:.1f} s), peak RSS {ours_rss:.0f} MB")
     print(f"identical replies: {same}/{len(turns)}")
     print(f"speedup: {ref_s / ours_s:.2f}x ({len(turns) / ours_s:.2f} vs {len(turns) / ref_s:.2f} turns/s)")
 

@@ -6,7 +6,9 @@ Ours: the base model loaded once; per persona a fresh LoRA trained on whole trai
 the loss on assistant tokens (scripts/train_lora_per_user.py). Reference (the guide's recipe): per
 persona the base model loaded again, one example per assistant turn with its history (the
 prompt builder's prompt + the reply, loss on the reply), Hugging Face `Trainer`. Same model, LoRA
-settings, epochs, batch size and learning rate (configs/demo/lora_training.json). Both adapters'
+settings, epochs and learning rate (configs/demo/lora_training.json); the guide batches 4 turn
+examples per step, ours 1 dialogue (about 5 assistant turns), so both make a similar number of
+optimizer steps per epoch. Both adapters'
 val loss is measured by the same function (assistant-token cross-entropy on the persona's val
 dialogues, scripts/training.py:mean_loss).
 """
@@ -78,9 +80,12 @@ def main():
     parser.add_argument("--personas", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--guide_batch_size", type=int, default=4,
+                        help="the guide's batch of turn examples; ours batches whole dialogues (~5 turns each)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)  # same epochs on both sides
+    guide = {**cfg, "training": {**cfg["training"], "batch_size": args.guide_batch_size}}
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=args.sessions)
     jobs = [(p, s["train"], s["val"]) for p, s in sorted(splits["per_persona"].items())]
@@ -93,14 +98,13 @@ def main():
         trainer = AdapterTrainer(model, tokenizer, cfg)
         ours_val = {}
         for persona, train_ix, val_ix in jobs:
-            trainer.train(persona, train_ix, val_ix, dialogs, f"{out}/ours/{persona}", {})
-            val = examples_for(tokenizer, dialogs, val_ix, cfg)
-            ours_val[persona] = mean_loss(trainer.peft_model, val, tokenizer.pad_token_id)
+            log = trainer.train(persona, train_ix, val_ix, dialogs, f"{out}/ours/{persona}", {})
+            ours_val[persona] = log["best_val_loss"]  # mean_loss on the same val examples, inside train_adapter
         ours_s = time.perf_counter() - t
         ours_rss = peak_rss_mb()
 
         t = time.perf_counter()
-        reference = guide_recipe(model_name, jobs, dialogs, cfg, f"{out}/reference")
+        reference = guide_recipe(model_name, jobs, dialogs, guide, f"{out}/reference")
         ref_s = time.perf_counter() - t
         ref_rss = peak_rss_mb()
     ref_val = {}
@@ -109,7 +113,8 @@ def main():
         ref_val[persona] = mean_loss(ref_model, examples_for(ref_tok, dialogs, val_ix, cfg), ref_tok.pad_token_id)
 
     n_train = sum(len(j[1]) for j in jobs)
-    print(f"{len(jobs)} personas, {n_train} train dialogues, {args.epochs} epoch(s), model {model_name}")
+    print(f"{len(jobs)} personas, {n_train} train dialogues, {args.epochs} epoch(s), model {model_name}, "
+          f"batch: ours {cfg['training']['batch_size']} dialogue(s), guide {args.guide_batch_size} turns")
     for persona, _, _ in jobs:
         print(f"  {persona}: val loss ours {ours_val[persona]:.4f}, reference {ref_val[persona]:.4f}")
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731

@@ -73,6 +73,7 @@ SCHEMA = {
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
         "seed": (int, 0),
+        "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
     },
     "arms": {
         "names": (list, ["baseline", "character", "retrieval", "lora_all", "lora_per_user", "lora_per_user_on_all"]),

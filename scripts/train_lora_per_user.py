@@ -10,6 +10,11 @@ plus train_log.json. Adapters are trained into a hidden temporary folder and ren
 a rerun skips finished personas and redoes an interrupted one. A persona that fails is reported
 and the loop goes on; the exit code is 1 if any failed.
 
+training.parallel_personas = K > 1 trains K personas' adapters in one batched pass
+(scripts/multi_lora.py); each still gets exactly its own updates and its own folder.
+Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N ...` on CPU)
+split the persona list between them; the summary covers all of them.
+
 Scopes and default output folders:
   per_user         models/lora_per_user/<persona_id>/
   all              training.unified_adapter (models/lora_all/)
@@ -17,6 +22,7 @@ Scopes and default output folders:
 """
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -108,6 +114,67 @@ class AdapterTrainer:
         return log
 
 
+def train_in_groups(model, tokenizer, cfg, jobs, dialogs, extra):
+    """Train jobs K at a time with the stacked multi-adapter trainer; returns summary rows."""
+    from scripts.multi_lora import export_adapters, train_group
+
+    k, rows, lora = cfg["training"]["parallel_personas"], [], lora_config(cfg["lora"])
+    ready = []
+    for job in jobs:
+        if job[1]:
+            ready.append(job)
+        else:
+            tqdm.write(f"{job[0]}: FAILED: no train dialogues")
+            rows.append(summary_row(job[0], "failed", error="no train dialogues"))
+    for start in tqdm(range(0, len(ready), k), desc=f"groups of {k}", unit="group"):
+        group = ready[start:start + k]
+        names = [job[0] for job in group]
+        try:
+            train_sets = [examples_for(tokenizer, dialogs, job[1], cfg) for job in group]
+            val_sets = [examples_for(tokenizer, dialogs, job[2], cfg) for job in group]
+            model, states, logs = train_group(model, lora, cfg, train_sets, val_sets, tokenizer.pad_token_id)
+            for name, log in zip(names, logs):
+                log.update(extra, persona_id=name, lora=cfg["lora"], training=dict(cfg["training"]))
+            model = export_adapters(model, lora, states, [job[3] for job in group], logs, save_adapter)
+        except (ValueError, RuntimeError) as err:
+            tqdm.write(f"{', '.join(names)}: FAILED: {err}")
+            rows += [summary_row(name, "failed", error=str(err)) for name in names]
+            continue
+        for name, log, job in zip(names, logs, group):
+            tqdm.write(f"{name}: best epoch {log['best_epoch']}/{len(log['epochs'])}, val loss "
+                       f"{log['best_val_loss'] or float('nan'):.3f} ({len(group)} trained together) -> {job[3]}")
+            rows.append(summary_row(name, "trained", log))
+    return rows
+
+
+def distributed_state():
+    """accelerate's PartialState when launched with several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    cuda = torch.cuda.is_available()
+    return PartialState(cpu=not cuda, backend=None if cuda else "gloo")
+
+
+def write_summary(path, rows, state):
+    """One CSV for the run; with several processes each writes its part and the main one merges."""
+    if state is None:
+        write_csv(path, rows, SUMMARY_FIELDS)
+        return
+    part = path.with_name(f"{path.stem}.rank{state.process_index}.csv")
+    write_csv(part, rows, SUMMARY_FIELDS)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        import csv
+
+        parts = [path.with_name(f"{path.stem}.rank{r}.csv") for r in range(state.num_processes)]
+        merged = [row for p in parts for row in csv.DictReader(p.open())]
+        write_csv(path, merged, SUMMARY_FIELDS)
+        for p in parts:
+            p.unlink()
+
+
 def summary_row(name, status, log=None, error=""):
     log = log or {}
     return {"persona_id": name, "status": status, "train_loss": log.get("final_train_loss"),
@@ -154,6 +221,14 @@ def main():
     splits = load_splits(cfg["data"]["splits"])
     personas = choose_personas(splits, args.personas, args.max_personas)
     jobs = jobs_for(scope, splits, personas, output_dir)
+    state = distributed_state()
+    if state is not None:
+        if scope == "all":  # one adapter: the main process trains it
+            jobs = jobs if state.is_main_process else []
+        else:
+            with state.split_between_processes(jobs) as mine:
+                jobs = list(mine)
+        print(f"process {state.process_index}/{state.num_processes}: {len(jobs)} adapter(s)")
 
     rows, todo = [], []
     for job in jobs:
@@ -163,14 +238,18 @@ def main():
             todo.append(job)
     print(f"{scope}: {len(jobs)} adapter(s), {len(jobs) - len(todo)} already complete, {len(todo)} to train -> {output_dir}")
     if todo:
-        model, tokenizer, model_path = load_model_and_tokenizer(cfg["model"]["name"], cfg["model"]["device"], cfg["model"]["dtype"])
+        device = str(state.device) if state is not None and cfg["model"]["device"] == "auto" else cfg["model"]["device"]
+        model, tokenizer, model_path = load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope}
         if scope == "per_user_on_all":
             unified = cfg["training"]["unified_adapter"]
             model = merge_unified(model, unified)
             extra["on_unified_adapter"] = str(Path(unified).resolve())  # load and merge it before this adapter
+        if cfg["training"]["parallel_personas"] > 1 and scope != "all":
+            rows += train_in_groups(model, tokenizer, cfg, todo, dialogs, extra)
+            todo = []
         trainer = AdapterTrainer(model, tokenizer, cfg)
-        for name, train_ix, val_ix, folder in tqdm(todo, desc=scope, unit="adapter"):
+        for name, train_ix, val_ix, folder in tqdm(todo, desc=scope, unit="adapter", disable=not todo):
             t0 = time.perf_counter()
             try:
                 log = trainer.train(name, train_ix, val_ix, dialogs, folder, extra)
@@ -183,7 +262,7 @@ def main():
                        f"{log['train_tokens']} tokens, {log['seconds']:.0f} s -> {folder}")
             rows.append(summary_row(name, "trained", log))
     summary = output_dir / "training_summary.csv" if scope != "all" else output_dir.parent / "lora_all_training_summary.csv"
-    write_csv(summary, rows, SUMMARY_FIELDS)
+    write_summary(summary, rows, state)
     failed = [r["persona_id"] for r in rows if r["status"] == "failed"]
     print(f"{sum(r['status'] == 'trained' for r in rows)} trained, "
           f"{sum(r['status'].startswith('skipped') for r in rows)} skipped, {len(failed)} failed; summary: {summary}")

@@ -1,0 +1,110 @@
+"""Evaluating N personas, each with its own adapter: mixed-adapter batches against the alternatives.
+
+    .venv/bin/python benchmarks/bench_eval.py [--config configs/demo/lora_eval.json] [--personas 4] [--turns_per_persona 8]
+
+Same turns, same adapters, same prompts and generation settings (the config's), three ways:
+- ours: every adapter in one PEFT model, batches mixing personas (`adapter_names` per row);
+- earlier attempt's way: per persona, load the base model, merge its adapter, generate turn by turn;
+- per-persona batches: one PEFT model, one adapter active at a time, that persona's turns batched.
+The adapters are randomly initialised LoRAs of the config's shape (what is timed does not depend
+on the weights' values).
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import demo_dataset, peak_rss_mb
+
+from scripts.config import load_config
+from scripts.eval_lora import adapter_name, load_with_adapters
+from scripts.evaluation import build_prompts, collect_turns
+from scripts.generation import encode_prompts, generate_texts, generation_kwargs
+from scripts.modeling import load_model_and_tokenizer
+from scripts.train_lora_per_user import lora_config, save_adapter
+
+
+def make_adapters(cfg, personas, folder):
+    from peft import get_peft_model
+
+    model, _, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
+    lora = lora_config(cfg["lora"])
+    lora.init_lora_weights = False  # random A and B: a real, non-zero update
+    peft_model = None
+    paths = {}
+    for k, persona in enumerate(personas):
+        torch.manual_seed(k)
+        if peft_model is None:
+            peft_model = get_peft_model(model, lora, adapter_name="bench")
+        else:
+            peft_model.add_adapter(f"bench{k}", lora)
+        name = "bench" if k == 0 else f"bench{k}"
+        paths[persona] = folder / persona
+        save_adapter(peft_model, name, paths[persona], {"note": "random adapter for bench_eval"})
+    return paths
+
+
+def earlier_way(cfg, paths, turns, prompts):
+    """Per persona: fresh base model, merge its adapter, one turn at a time."""
+    from peft import PeftModel
+
+    for persona, folder in paths.items():
+        base, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
+        model = PeftModel.from_pretrained(base, folder).merge_and_unload().eval()
+        kwargs = generation_kwargs(tokenizer, cfg["generation"])
+        for prompt, turn in zip(prompts, turns):
+            if turn["persona_id"] != persona:
+                continue
+            ids = torch.tensor(encode_prompts(tokenizer, [prompt]))
+            with torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/demo/lora_eval.json")
+    parser.add_argument("--train_config", default="configs/demo/lora_training.json", help="for the LoRA shape")
+    parser.add_argument("--personas", type=int, default=4)
+    parser.add_argument("--turns_per_persona", type=int, default=8)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    cfg["lora"] = load_config(args.train_config)["lora"]
+    with tempfile.TemporaryDirectory() as tmp:
+        dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=20)
+        personas = sorted(splits["per_persona"])
+        turns = [t for p in personas for t in collect_turns(dialogs, splits["per_persona"][p]["test"], args.turns_per_persona)]
+        paths = make_adapters(cfg, personas, Path(tmp) / "adapters")
+        names = {p: adapter_name("lora_per_user", p) for p in personas}
+        model, tokenizer = load_with_adapters(cfg, {names[p]: paths[p] for p in personas})
+        prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
+        print(f"{len(personas)} personas x {args.turns_per_persona} turns, LoRA r={cfg['lora']['r']} on "
+              f"{len(cfg['lora']['target_modules'])} modules, up to {cfg['generation']['max_new_tokens']} new tokens, "
+              f"batch {cfg['generation']['batch_size']}")
+
+        t = time.perf_counter()
+        earlier_way(cfg, paths, turns, prompts)
+        earlier_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        for p in personas:
+            rows = [i for i, turn in enumerate(turns) if turn["persona_id"] == p]
+            model.set_adapter(names[p])
+            generate_texts(model, tokenizer, [prompts[i] for i in rows], cfg["generation"], progress=False)
+        per_persona_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        generate_texts(model, tokenizer, prompts, cfg["generation"], adapter_names=[names[t["persona_id"]] for t in turns],
+                       progress=False)
+        ours_s = time.perf_counter() - t
+    n = len(turns)
+    print(f"earlier attempt's way (load + merge per persona, one turn at a time): {n / earlier_s:.2f} turns/s ({earlier_s:.1f} s)")
+    print(f"per-persona batches (one adapter active at a time): {n / per_persona_s:.2f} turns/s ({per_persona_s:.1f} s)")
+    print(f"ours (mixed-adapter batches): {n / ours_s:.2f} turns/s ({ours_s:.1f} s); "
+          f"vs per-persona batches {per_persona_s / ours_s:.2f}x; peak RSS {peak_rss_mb():.0f} MB")
+    print(f"speedup: {earlier_s / ours_s:.2f}x ({n / ours_s:.2f} vs {n / earlier_s:.2f} turns/s)")
+
+
+if __name__ == "__main__":
+    main()

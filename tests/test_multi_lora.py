@@ -1,0 +1,63 @@
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, run_script
+from safetensors.torch import load_file
+
+
+@pytest.fixture()
+def config_factory(tmp_path, tiny_model_dir, demo_files):
+    splits = json.loads(demo_files["splits_path"].read_text())
+    splits["per_persona"]["persona_001"]["train"] = splits["per_persona"]["persona_001"]["train"][:3]  # uneven
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+
+    def make(name, **training):
+        cfg = {"model": {"name": str(tiny_model_dir), "device": "cpu"},
+               "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(tmp_path / "splits.json")},
+               "prompt": {"system_template": "You are a home assistant."},
+               "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+               "training": {"epochs": 3, "batch_size": 2, "learning_rate": 5e-3, "max_seq_length": 512,
+                            "early_stopping_patience": 0, "weight_decay": 0.1, "max_grad_norm": 0.5, **training}}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+    return make
+
+
+def test_personas_trained_together_equal_one_by_one(config_factory, tmp_path):
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    result = run_script("train_lora_per_user.py", "--config", config_factory("one"), "--output_dir", alone)
+    assert result.returncode == 0, result.stderr
+    result = run_script("train_lora_per_user.py", "--config", config_factory("k3", parallel_personas=3),
+                        "--output_dir", together)
+    assert result.returncode == 0, result.stderr
+    assert "(3 trained together)" in result.stdout
+    for persona in ("persona_000", "persona_001", "persona_002"):
+        a, b = load_file(str(alone / persona / "adapter_model.safetensors")), load_file(str(together / persona / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and len(a) == 2 * 3 * 2  # A and B, 3 modules, 2 layers
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4)
+        log_a = json.loads((alone / persona / "train_log.json").read_text())
+        log_b = json.loads((together / persona / "train_log.json").read_text())
+        assert log_a["best_epoch"] == log_b["best_epoch"] and len(log_a["epochs"]) == len(log_b["epochs"])
+        assert log_b["best_val_loss"] == pytest.approx(log_a["best_val_loss"], rel=1e-4)
+        assert json.loads((together / persona / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_two_processes_split_the_personas(config_factory, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    result = subprocess.run(torchrun + [str(ROOT / "scripts" / "train_lora_per_user.py"), "--config",
+                                        str(config_factory("ddp", epochs=1)), "--output_dir", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0/2: 2 adapter(s)" in result.stdout and "process 1/2: 1 adapter(s)" in result.stdout
+    rows = {r["persona_id"]: r["status"] for r in csv.DictReader((out / "training_summary.csv").open())}
+    assert rows == {"persona_000": "trained", "persona_001": "trained", "persona_002": "trained"}
+    assert not list(out.glob("*.rank*.csv"))
+    shutil.rmtree(out)
