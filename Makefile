@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DEMO := data/demo
 DEMO_PERSONAS ?= 4
-DEMO_SESSIONS ?= 20
+DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 

@@ -8,7 +8,8 @@ adapters sit in one PEFT model and each generation batch mixes personas and arms
 its own adapter (`adapter_names`), so 200 personas cost about what one adapter costs. Per-user
 adapters trained on top of the unified one are served by a second copy of the base model with the
 unified adapter merged in. An arm with adapters missing for some personas is evaluated on the
-others and the missing personas are reported.
+others and the missing personas are reported. Several processes (`accelerate launch` /
+`torchrun`) split the personas; the main process gathers the records and writes the outputs.
 
 Writes arm_metrics.json, per_persona.csv, comparison.csv, comparison.md and PNG plots.
 """
@@ -18,11 +19,12 @@ import time
 from pathlib import Path
 
 from scripts.config import load_config
-from scripts.data_io import UserError, load_dialogs, load_splits, run_cli, write_csv, write_json, write_text_atomic
+from scripts.data_io import (UserError, load_dialogs, load_splits, read_json, run_cli, write_csv, write_json,
+                             write_text_atomic)
 from scripts.evaluation import (SUMMARY_COLUMNS, TurnScorer, aggregate, aggregate_per_persona, build_prompts,
                                 collect_turns, make_retriever, split_indices)
 from scripts.generation import generate_texts
-from scripts.modeling import load_embedder, load_model_and_tokenizer
+from scripts.modeling import distributed_state, load_embedder, load_model_and_tokenizer
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
 from scripts.statistics import paired_comparison
 from scripts.train_lora_per_user import is_complete
@@ -166,6 +168,49 @@ def markdown_table(rows, metric):
     return "\n".join(lines) + "\n"
 
 
+def evaluate_arms(cfg, arms, dialogs, splits, personas, availability, max_examples):
+    """({arm: test records}, {arm: val records}, test turns) for these personas."""
+    mine = {arm: ({p: f for p, f in found.items() if p in personas}, missing) for arm, (found, missing) in availability.items()}
+    shared = {}
+    if "lora_all" in arms:
+        shared[adapter_name("lora_all")] = cfg["arms"]["lora_all"]
+    if "lora_per_user" in arms:
+        shared.update({adapter_name("lora_per_user", p): f for p, f in mine["lora_per_user"][0].items()})
+    model, tokenizer = load_with_adapters(cfg, shared)
+    models = {"shared": (model, tokenizer, [a for a in arms if a != "lora_per_user_on_all"])}
+    if "lora_per_user_on_all" in arms and mine["lora_per_user_on_all"][0]:
+        on_all = {adapter_name("lora_per_user_on_all", p): f for p, f in mine["lora_per_user_on_all"][0].items()}
+        models["on_unified"] = (*load_with_adapters(cfg, on_all, merge=cfg["arms"]["lora_all"]), ["lora_per_user_on_all"])
+    embedder = load_embedder(cfg["evaluation"]["embedding_model"])
+    scorer = TurnScorer(embedder)
+    retriever = make_retriever(embedder, dialogs, splits, cfg["arms"]["retrieved_history"]) if "retrieval" in arms else None
+    run = lambda split: evaluate_split(split, arms, cfg, dialogs, splits, personas, models, mine,  # noqa: E731
+                                       scorer, retriever, max_examples)
+    test_records, turns = run("test")
+    val_records = run("val")[0] if cfg["arms"]["best_on_val"] and len(arms) > 1 else {}
+    return test_records, val_records, len(turns)
+
+
+def gather(state, out, part):
+    """Every process's records merged on the main process (None elsewhere), through files in `out`."""
+    if state is None:
+        return part
+    write_json(out / f".records.rank{state.process_index}.json", part)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    merged = {"test": {}, "val": {}, "turns": 0}
+    for rank in range(state.num_processes):
+        path = out / f".records.rank{rank}.json"
+        piece = read_json(path)
+        path.unlink()
+        merged["turns"] += piece["turns"]
+        for split in ("test", "val"):
+            for arm, records in piece[split].items():
+                merged[split].setdefault(arm, []).extend(records)
+    return merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
@@ -188,33 +233,28 @@ def main():
     availability = {arm: adapter_folders(arm, cfg, personas) for arm in ADAPTER_ARMS if arm in arms}
     if "lora_per_user_on_all" in availability and not is_complete(cfg["arms"]["lora_all"]):
         availability["lora_per_user_on_all"] = ({}, list(personas))
-    for arm, (found, missing) in availability.items():
-        if missing:
-            print(f"warning: {arm}: no adapter for {len(missing)} of {len(personas)} personas "
-                  f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); evaluated on the others")
+    state = distributed_state()
+    if state is None or state.is_main_process:
+        for arm, (found, missing) in availability.items():
+            if missing:
+                print(f"warning: {arm}: no adapter for {len(missing)} of {len(personas)} personas "
+                      f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); evaluated on the others")
     arms = [a for a in arms if a in PROMPT_ARMS or availability[a][0]]
+    mine = personas
+    if state is not None:
+        with state.split_between_processes(personas) as shard:
+            mine = list(shard)
+        print(f"process {state.process_index}/{state.num_processes}: {len(mine)} persona(s)")
 
-    shared = {}
-    if "lora_all" in arms:
-        shared[adapter_name("lora_all")] = cfg["arms"]["lora_all"]
-    if "lora_per_user" in arms:
-        shared.update({adapter_name("lora_per_user", p): f for p, f in availability["lora_per_user"][0].items()})
-    model, tokenizer = load_with_adapters(cfg, shared)
-    models = {"shared": (model, tokenizer, [a for a in arms if a != "lora_per_user_on_all"])}
-    if "lora_per_user_on_all" in arms:
-        on_all = {adapter_name("lora_per_user_on_all", p): f for p, f in availability["lora_per_user_on_all"][0].items()}
-        models["on_unified"] = (*load_with_adapters(cfg, on_all, merge=cfg["arms"]["lora_all"]), ["lora_per_user_on_all"])
-    embedder = load_embedder(cfg["evaluation"]["embedding_model"])
-    scorer = TurnScorer(embedder)
-    retriever = make_retriever(embedder, dialogs, splits, cfg["arms"]["retrieved_history"]) if "retrieval" in arms else None
-
-    test_records, turns = evaluate_split("test", arms, cfg, dialogs, splits, personas, models, availability,
-                                         scorer, retriever, max_examples)
+    out = Path(args.output_dir)
+    test_records, val_records, n_turns = evaluate_arms(cfg, arms, dialogs, splits, mine, availability, max_examples)
+    merged = gather(state, out, {"test": test_records, "val": val_records, "turns": n_turns})
+    if merged is None:
+        return 0
+    test_records, val_records, n_turns = merged["test"], merged["val"], merged["turns"]
     metric = cfg["arms"]["primary_metric"]
     val_metrics, chosen = {}, {}
-    if cfg["arms"]["best_on_val"] and len(arms) > 1:
-        val_records, _ = evaluate_split("val", arms, cfg, dialogs, splits, personas, models, availability,
-                                        scorer, retriever, max_examples)
+    if val_records:
         val_per_persona = {}
         for arm, recs in val_records.items():
             val_metrics[arm] = aggregate(recs)
@@ -229,12 +269,11 @@ def main():
             per_persona.setdefault(persona, {})[arm] = m
     rows = comparison_rows(arm_metrics, per_persona, cfg)
 
-    out = Path(args.output_dir)
     write_json(out / "arm_metrics.json", {
-        "config_file": cfg["_source"], "split": "test", "turns": len(turns), "primary_metric": metric,
+        "config_file": cfg["_source"], "split": "test", "turns": n_turns, "primary_metric": metric,
         "arms": arm_metrics, "val_arms": val_metrics, "best_on_val_choice": chosen,
         "missing_adapters": {arm: missing for arm, (_, missing) in availability.items() if missing},
-        "seconds": time.perf_counter() - t0})
+        "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
     long_rows = []
     for persona, by_arm in sorted(per_persona.items()):
         for arm, m in by_arm.items():
@@ -254,7 +293,7 @@ def main():
         plots.append(per_user_vs_unified(per_persona, metric, out / "per_user_vs_unified.png"))
     print()
     print(table)
-    print(f"{len(turns)} test turns, {len(per_persona)} personas, {time.perf_counter() - t0:.0f} s; "
+    print(f"{n_turns} test turns, {len(per_persona)} personas, {time.perf_counter() - t0:.0f} s; "
           f"wrote {out}/arm_metrics.json, per_persona.csv, comparison.csv, comparison.md")
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0

@@ -131,3 +131,14 @@ def load_embedder(name, device="cpu"):
         return SentenceTransformer(path, device=device)
     except OSError as err:
         raise UserError(f"cannot load embedding model {name!r} from {path}: {str(err).splitlines()[0][:160]}") from None
+
+
+def distributed_state():
+    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    cuda = torch.cuda.is_available()
+    return PartialState(cpu=not cuda, backend=None if cuda else "gloo")

@@ -22,7 +22,6 @@ Scopes and default output folders:
 """
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from scripts.config import load_config
 from scripts.data_io import UserError, load_dialogs, load_splits, read_json, run_cli, write_csv, write_json
-from scripts.modeling import load_model_and_tokenizer
+from scripts.modeling import distributed_state, load_model_and_tokenizer
 from scripts.training import dialog_example, train_adapter
 
 DEFAULT_OUTPUT = {"per_user": "models/lora_per_user", "all": "models/lora_all",
@@ -145,16 +144,6 @@ def train_in_groups(model, tokenizer, cfg, jobs, dialogs, extra):
                        f"{log['best_val_loss'] or float('nan'):.3f} ({len(group)} trained together) -> {job[3]}")
             rows.append(summary_row(name, "trained", log))
     return rows
-
-
-def distributed_state():
-    """accelerate's PartialState when launched with several processes, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    cuda = torch.cuda.is_available()
-    return PartialState(cpu=not cuda, backend=None if cuda else "gloo")
 
 
 def write_summary(path, rows, state):

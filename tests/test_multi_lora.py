@@ -61,3 +61,25 @@ def test_two_processes_split_the_personas(config_factory, tmp_path):
     assert rows == {"persona_000": "trained", "persona_001": "trained", "persona_002": "trained"}
     assert not list(out.glob("*.rank*.csv"))
     shutil.rmtree(out)
+
+
+def test_two_processes_split_the_evaluation(tiny_model_dir, demo_files, tmp_path):
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "generation": {"max_new_tokens": 2, "batch_size": 8},
+        "arms": {"names": ["baseline", "character"], "n_bootstrap": 100}}))
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert run_script("eval_lora.py", "--config", config, "--output_dir", single).returncode == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29532"]
+    result = subprocess.run(torchrun + [str(ROOT / "scripts" / "eval_lora.py"), "--config", str(config),
+                                        "--output_dir", str(double)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 1/2: 1 persona(s)" in result.stdout
+    one, two = (json.loads((d / "arm_metrics.json").read_text()) for d in (single, double))
+    assert two["processes"] == 2 and two["turns"] == one["turns"]
+    for arm in ("baseline", "character", "best_on_val"):
+        assert two["arms"][arm]["turns"] == one["arms"][arm]["turns"]
+        assert two["arms"][arm]["rougeL"] == pytest.approx(one["arms"][arm]["rougeL"])
+    assert not list(double.glob(".records.*"))
