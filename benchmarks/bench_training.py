@@ -79,6 +79,9 @@ def main():
     parser.add_argument("--config", default="configs/demo/lora_training.json")
     parser.add_argument("--personas", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--ours_epochs", type=int, default=None,
+                        help="epochs for our trainer (default: --epochs); ours makes one step per dialogue, "
+                             "fewer than the guide's one per 4 turns, so equal val loss can need more epochs")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--guide_batch_size", type=int, default=4,
                         help="the guide's batch of turn examples; ours batches whole dialogues (~5 turns each)")
@@ -86,6 +89,8 @@ def main():
     cfg = load_config(args.config)
     cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)  # same epochs on both sides
     guide = {**cfg, "training": {**cfg["training"], "batch_size": args.guide_batch_size}}
+    ours_epochs = args.ours_epochs or args.epochs
+    cfg["training"].update(epochs=ours_epochs, early_stopping_patience=ours_epochs)
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=args.sessions)
     jobs = [(p, s["train"], s["val"]) for p, s in sorted(splits["per_persona"].items())]
@@ -113,7 +118,7 @@ def main():
         ref_val[persona] = mean_loss(ref_model, examples_for(ref_tok, dialogs, val_ix, cfg), ref_tok.pad_token_id)
 
     n_train = sum(len(j[1]) for j in jobs)
-    print(f"{len(jobs)} personas, {n_train} train dialogues, {args.epochs} epoch(s), model {model_name}, "
+    print(f"{len(jobs)} personas, {n_train} train dialogues, epochs: ours {ours_epochs}, guide {args.epochs}, model {model_name}, "
           f"batch: ours {cfg['training']['batch_size']} dialogue(s), guide {args.guide_batch_size} turns")
     for persona, _, _ in jobs:
         print(f"  {persona}: val loss ours {ours_val[persona]:.4f}, reference {ref_val[persona]:.4f}")

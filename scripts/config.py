@@ -74,6 +74,7 @@ SCHEMA = {
         "early_stopping_patience": (int, 1),
         "seed": (int, 0),
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
+        "micro_batch_size": (int, 0),     # with K > 1: sequences per forward pass (0: the whole step)
     },
     "arms": {
         "names": (list, ["baseline", "character", "retrieval", "lora_all", "lora_per_user", "lora_per_user_on_all"]),

@@ -2,7 +2,9 @@
 
 Sorting prompts by length makes each batch nearly pad-free; left padding keeps every row's last
 prompt token at the same position, so the new tokens of a batch line up. With PEFT adapters loaded
-into one model, `adapter_names` gives each row its own adapter (mixed-adapter batches).
+into one model, `adapter_names` gives each row its own adapter: rows are grouped by adapter so
+that most batches run one adapter directly and only the batches at group boundaries mix adapters
+(PEFT routes each row of a mixed batch through its own adapter).
 """
 
 import torch
@@ -40,13 +42,29 @@ def generation_kwargs(tokenizer, gen_cfg):
     return kwargs
 
 
+def _generate(model, input_ids, attention, kwargs, names):
+    """model.generate; a batch of one adapter runs it directly, a mixed batch routes rows (PEFT adapter_names)."""
+    if names is None:
+        return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+    if len(set(names)) > 1:
+        return model.generate(input_ids=input_ids, attention_mask=attention, adapter_names=names, **kwargs)
+    if names[0] == "__base__":
+        with model.disable_adapter():
+            return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+    model.set_adapter(names[0])
+    return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_names=None,
                    desc="generating", progress=True):
     """Replies for rendered prompts, in the prompts' order."""
     batch_size = batch_size or gen_cfg["batch_size"]
     ids = encode_prompts(tokenizer, prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]), reverse=True)
+    if adapter_names is None:
+        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
+    else:  # one adapter's rows together: most batches need one adapter, only boundary batches mix
+        order = sorted(range(len(prompts)), key=lambda i: (adapter_names[i], -len(ids[i])))
     kwargs = generation_kwargs(tokenizer, gen_cfg)
     device = next(model.parameters()).device
     if gen_cfg["do_sample"]:
@@ -56,8 +74,7 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         input_ids, attention = left_padded_batch(tokenizer, [ids[i] for i in rows], device)
-        extra = {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names is not None else {}
-        out = model.generate(input_ids=input_ids, attention_mask=attention, **kwargs, **extra)
+        out = _generate(model, input_ids, attention, kwargs, [adapter_names[i] for i in rows] if adapter_names else None)
         for row, tokens in zip(rows, out[:, input_ids.shape[1]:]):
             replies[row] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         bar.update(len(rows))

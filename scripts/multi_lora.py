@@ -5,7 +5,9 @@ examples of several personas and every example goes through its own persona's sl
 mLoRA/ASPEN), while the frozen base layers run once for the whole batch. Each persona's loss is
 the mean over its own supervised tokens, its gradient clipping, learning-rate schedule, AdamW
 state and early stopping are its own, so every persona gets the updates it would get trained
-alone (`train_adapter`), up to float rounding. PEFT cannot train mixed adapters (`adapter_names`
+alone (`train_adapter`), up to float rounding. `micro_batch_size` splits a step's mixed batch into
+forward passes of similar-length sequences whose gradients accumulate (1 on a CPU, where one
+sequence already saturates the cores; 0 = the whole step at once on a GPU). PEFT cannot train mixed adapters (`adapter_names`
 is inference-only), hence this small module. Adapters are initialised and exported through PEFT,
 so their start and their folders are exactly those of the one-by-one trainer.
 """
@@ -176,15 +178,24 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
         epoch_loss, epoch_tokens = [0.0] * k, [0] * k
         for t in range(max(len(p) for p in plans.values())):
             chunk = [(slot, train_sets[slot][i]) for slot in live if t < len(plans[slot]) for i in plans[slot][t]]
-            input_ids, attention, labels = (x.to(device) for x in collate([e for _, e in chunk], pad_id))
-            slots = torch.tensor([slot for slot, _ in chunk], device=device)
-            set_index(layers, slots)
-            sums, n = per_example_losses(model, input_ids, attention, labels)
-            per_slot = torch.zeros(k, device=device).index_add(0, slots, sums)
-            tokens = torch.zeros(k, device=device).index_add(0, slots, n.float())
-            (per_slot / tokens.clamp(min=1)).sum().backward()
+            tokens = torch.zeros(k)  # each persona's supervised tokens this step: its loss is their mean
+            for slot, e in chunk:
+                tokens[slot] += sum(label != IGNORE for label in e["labels"][1:])
+            chunk.sort(key=lambda item: len(item[1]["input_ids"]))  # similar lengths share a forward pass
+            per_slot = torch.zeros(k)
+            width = cfg["micro_batch_size"] or len(chunk)
+            for m in range(0, len(chunk), width):
+                micro = chunk[m:m + width]
+                input_ids, attention, labels = (x.to(device) for x in collate([e for _, e in micro], pad_id))
+                slots = torch.tensor([slot for slot, _ in micro], device=device)
+                set_index(layers, slots)
+                sums, _ = per_example_losses(model, input_ids, attention, labels)
+                (sums / tokens.to(device)[slots].clamp(min=1)).sum().backward()  # gradients accumulate
+                per_slot.index_add_(0, slots.cpu(), sums.detach().cpu())
+                for slot in slots.unique().tolist():
+                    logs[slot]["train_tokens"] += int(attention[slots == slot].sum())
             active = torch.zeros(k, dtype=torch.bool)
-            active[slots.unique().cpu()] = True
+            active[[slot for slot, _ in chunk]] = True
             clip_per_persona(params, cfg["max_grad_norm"])
             lrs = torch.tensor([cfg["learning_rate"] * schedules[s](step_of[s]) for s in range(k)])
             optimizer.step(lrs, active)
@@ -192,7 +203,6 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
                 step_of[slot] += 1
                 epoch_loss[slot] += float(per_slot[slot])
                 epoch_tokens[slot] += int(tokens[slot])
-                logs[slot]["train_tokens"] += int(attention[slots == slot].sum())
             bar.update(1)
         losses = val_losses(model, layers, val_sets, pad_id)
         for slot in live:

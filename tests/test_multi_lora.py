@@ -33,7 +33,7 @@ def test_personas_trained_together_equal_one_by_one(config_factory, tmp_path):
     alone, together = tmp_path / "alone", tmp_path / "together"
     result = run_script("train_lora_per_user.py", "--config", config_factory("one"), "--output_dir", alone)
     assert result.returncode == 0, result.stderr
-    result = run_script("train_lora_per_user.py", "--config", config_factory("k3", parallel_personas=3),
+    result = run_script("train_lora_per_user.py", "--config", config_factory("k3", parallel_personas=3, micro_batch_size=2),
                         "--output_dir", together)
     assert result.returncode == 0, result.stderr
     assert "(3 trained together)" in result.stdout
