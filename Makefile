@@ -39,3 +39,4 @@ bench:
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_multi_lora.py
