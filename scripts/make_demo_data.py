@@ -90,7 +90,7 @@ STYLES = {
 }
 
 
-def make_character(rng, index, used):
+def make_character(rng, used):
     """A distinct free-text personality sketch and the persona's name and style."""
     while True:
         name = rng.choice(FIRST_NAMES)
@@ -402,8 +402,8 @@ def generate(n_personas, n_sessions, seed):
     """(characters, routines, sessions) rows, one per persona, deterministic for a seed."""
     rng = random.Random(seed)
     characters, routines_rows, sessions_rows, used = [], [], [], set()
-    for i in range(n_personas):
-        persona = make_character(rng, i, used)
+    for _ in range(n_personas):
+        persona = make_character(rng, used)
         routines = make_routines(rng)
         sessions = [make_session(rng, persona, routines, s) for s in range(n_sessions)]
         characters.append({"character": persona["text"]})
