@@ -91,18 +91,12 @@ def main():
     batched_s = time.perf_counter() - t
     batched_rss = peak_rss_mb()
 
-    from peft import get_peft_model
-
     trainer = AdapterTrainer(model, None, cfg)
     t = time.perf_counter()
     for k, (train, val) in enumerate(zip(train_sets, val_sets)):
-        torch.manual_seed(cfg["training"]["seed"])
-        if trainer.peft_model is None:
-            trainer.peft_model = get_peft_model(model, lora, adapter_name=f"b{k}")
-        else:
-            trainer.peft_model.add_adapter(f"b{k}", lora)
-            trainer.peft_model.set_adapter(f"b{k}")
+        adapter = trainer.fresh_adapter(f"b{k}")
         train_adapter(trainer.peft_model, train, val, cfg["training"], pad_id, progress=False)
+        trainer.release(adapter)
     sync()
     single_s = time.perf_counter() - t
     rss = peak_rss_mb()

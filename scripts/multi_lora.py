@@ -7,8 +7,8 @@ the mean over its own supervised tokens, its gradient clipping, learning-rate sc
 state and early stopping are its own, so every persona gets the updates it would get trained
 alone (`train_adapter`), up to float rounding. `micro_batch_size` splits a step's mixed batch into
 forward passes of similar-length sequences whose gradients accumulate (1 on a CPU, where one
-sequence already saturates the cores; 0 = the whole step at once on a GPU). PEFT cannot train mixed adapters (`adapter_names`
-is inference-only), hence this small module. Adapters are initialised and exported through PEFT,
+sequence already saturates the cores; 0 = the whole step at once on a GPU). PEFT cannot train
+mixed adapters (`adapter_names` is inference-only), hence this small module. Adapters are initialised and exported through PEFT,
 so their start and their folders are exactly those of the one-by-one trainer.
 """
 
@@ -106,17 +106,16 @@ class StackedAdamW:
         self.steps += active.double()
         bc1 = 1 - b1 ** self.steps
         bc2_sqrt = (1 - b2 ** self.steps).sqrt()
-        lr = torch.where(active, lrs.double(), torch.zeros_like(lrs.double()))
+        lr = torch.where(active, lrs.double(), torch.zeros_like(lrs.double()))  # 0: an idle persona stays put
+        decay, step_size = 1 - lr * self.wd, lr / bc1.clamp(min=1e-12)
         for p, m, v in zip(self.params, self.m, self.v):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            act = active.to(p.device).view(shape)
-            g = p.grad
-            p.mul_(torch.where(act, 1 - (lr * self.wd).to(p.dtype).to(p.device).view(shape), torch.ones_like(p[:, :1, :1])))
-            m.copy_(torch.where(act, m.lerp(g, 1 - b1), m))
+            per_slot = lambda x: x.to(dtype=p.dtype, device=p.device).view(shape)  # noqa: E731
+            act, g = active.to(p.device).view(shape), p.grad
+            p.mul_(per_slot(decay))
+            m.copy_(torch.where(act, m.lerp(g, 1 - b1), m))  # the moments of an idle persona must not decay
             v.copy_(torch.where(act, v * b2 + (1 - b2) * g * g, v))
-            step_size = torch.where(active, lr / bc1.clamp(min=1e-12), torch.zeros_like(lr)).to(p.dtype).to(p.device).view(shape)
-            denom = v.sqrt() / bc2_sqrt.clamp(min=1e-12).to(p.dtype).to(p.device).view(shape) + self.eps
-            p.sub_(step_size * m / denom)
+            p.sub_(per_slot(step_size) * m / (v.sqrt() / per_slot(bc2_sqrt.clamp(min=1e-12)) + self.eps))
             p.grad = None
 
 

@@ -88,29 +88,36 @@ class AdapterTrainer:
         self.peft_model = None
 
     def train(self, name, train_ix, val_ix, dialogs, folder, extra_log):
-        from peft import get_peft_model
-
         if not train_ix:
             raise UserError("no train dialogues")
         train_examples = examples_for(self.tokenizer, dialogs, train_ix, self.cfg)
         val_examples = examples_for(self.tokenizer, dialogs, val_ix, self.cfg)
-        adapter = f"job_{name}"
-        torch.manual_seed(self.cfg["training"]["seed"])  # the same persona always starts from the same init
+        adapter = self.fresh_adapter(f"job_{name}")
+        try:
+            log = train_adapter(self.peft_model, train_examples, val_examples, self.cfg["training"],
+                                self.tokenizer.pad_token_id, desc=name)
+            log.update(extra_log, persona_id=name, lora=self.cfg["lora"], training=dict(self.cfg["training"]))
+            save_adapter(self.peft_model, adapter, folder, log)
+        finally:
+            self.release(adapter)
+        return log
+
+    def fresh_adapter(self, adapter):
+        """A new active LoRA adapter, initialised from the configured seed (same persona, same start)."""
+        from peft import get_peft_model
+
+        torch.manual_seed(self.cfg["training"]["seed"])
         if self.peft_model is None:
             self.peft_model = get_peft_model(self.model, lora_config(self.cfg["lora"]), adapter_name=adapter)
         else:
             self.peft_model.add_adapter(adapter, lora_config(self.cfg["lora"]))
             self.peft_model.set_adapter(adapter)
-        try:
-            log = train_adapter(self.peft_model, train_examples, val_examples, self.cfg["training"],
-                                self.tokenizer.pad_token_id, desc=name)
-            log.update(extra_log, persona_id=name, lora=self.cfg["lora"],
-                       training={k: v for k, v in self.cfg["training"].items()})
-            save_adapter(self.peft_model, adapter, folder, log)
-        finally:
-            if len(self.peft_model.peft_config) > 1:
-                self.peft_model.delete_adapter(adapter)
-        return log
+        return adapter
+
+    def release(self, adapter):
+        """Drop a finished adapter (PEFT keeps the last one: a model needs at least one)."""
+        if len(self.peft_model.peft_config) > 1:
+            self.peft_model.delete_adapter(adapter)
 
 
 def train_in_groups(model, tokenizer, cfg, jobs, dialogs, extra):
