@@ -1,16 +1,18 @@
 """Reading and writing the project's files: JSONL/JSON/CSV, always written atomically.
 
-Every writer goes through a temporary file in the same folder and `os.replace`, so an interrupted
-run never leaves a half-written output under the real name. User mistakes raise `UserError`, which
-`run_cli` turns into one line on stderr and exit code 2 instead of a traceback.
+Every file or folder the project writes goes through `atomic_path`: it is written under a
+temporary name in the same folder and renamed into place only when complete, so an interrupted
+run never leaves a half-written output under the real name. User mistakes raise `UserError`,
+which `run_cli` turns into one line on stderr and exit code 2 instead of a traceback.
 """
 
 import csv
 import io
 import json
 import os
+import shutil
 import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -31,17 +33,42 @@ def run_cli(main):
     sys.exit(code or 0)
 
 
-def write_text_atomic(path, text):
+def _remove(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary sibling of `path` to write a file or a folder into; on success it replaces `path`.
+
+    If the block raises, the temporary is removed and `path` keeps what it had. A folder that
+    already exists is moved aside first (os.replace cannot overwrite a non-empty folder) and
+    deleted only once the new one is in place.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove(tmp)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            _remove(old)
+            path.rename(old)
+            tmp.rename(path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def write_text_atomic(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def write_json(path, obj):
@@ -117,10 +144,3 @@ def load_dialogs(path):
     if not dialogs:
         raise UserError(f"{path}: no dialogues")
     return dialogs
-
-
-def load_splits(path):
-    splits = read_json(path, "splits file")
-    if not isinstance(splits, dict) or "per_persona" not in splits:
-        raise UserError(f"{path}: not a splits file written by create_splits.py (no 'per_persona')")
-    return splits

@@ -9,8 +9,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from scripts.clean_data import RAW_FILES
-from scripts.data_io import UserError, run_cli
+from scripts.data_io import UserError, atomic_path, run_cli
+from scripts.schema import RAW_FILES
 
 REPO_ID = "TCLResearchEurope/EdgeWisePersona"
 
@@ -31,9 +31,8 @@ def download(out_dir, repo_id=REPO_ID):
         found = sorted(folder.rglob(name))
         if not found:
             raise UserError(f"{repo_id} has no {name}; the dataset layout changed, copy the files by hand")
-        tmp = out_dir / f".{name}.tmp"
-        shutil.copyfile(found[0], tmp)
-        tmp.replace(out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(found[0], tmp)
     return [out_dir / name for name in RAW_FILES]
 
 

@@ -4,6 +4,9 @@ One place that make_demo_data, clean_data and action_metrics all read, so the ge
 validator and the extractor can never disagree about what a valid setting is.
 """
 
+# The dataset's three line-aligned raw files: line i of each is user i.
+RAW_FILES = ("characters.jsonl", "routines.jsonl", "sessions.jsonl")
+
 TRIGGERS = {
     "time_of_day": ["morning", "afternoon", "evening", "night"],
     "day_of_week": ["weekday", "weekend"],

@@ -6,9 +6,9 @@ import re
 import pytest
 from conftest import run_script, write_raw
 
-from scripts.clean_data import clean
-from scripts.create_splits import make_splits, validate_splits
-from scripts.make_demo_data import PUBLISHED, generate, statistics
+from scripts.cleaning import clean
+from scripts.demo_data import PUBLISHED, generate, statistics
+from scripts.splits import make_splits, split_report
 from scripts.schema import TRIGGERS, active_actions, triggers_match
 
 
@@ -226,19 +226,19 @@ def cleaned(demo_raw):
 
 def test_splits_disjoint_complete_temporal_deterministic(cleaned):
     splits = make_splits(cleaned)
-    report = validate_splits(splits, cleaned)
+    report = split_report(splits, cleaned)
     assert report["no_overlap"] and report["complete"] and report["temporal_order"] and report["online_within_train"]
     assert report["per_persona_min_max"] == {"train": [12, 12], "val": [4, 4], "test": [4, 4]}
-    assert splits["per_persona"]["persona_002"]["test"] == list(range(56, 60))
-    assert splits["per_persona"]["persona_002"]["online"] == list(range(47, 52))
+    assert splits["persona_002"]["test"] == list(range(56, 60))
+    assert splits["persona_002"]["online"] == list(range(47, 52))
     assert make_splits(cleaned) == splits
 
 
 def test_splits_follow_session_order_not_file_order(cleaned):
     shuffled = cleaned[::-1]
     splits = make_splits(shuffled)
-    assert validate_splits(splits, shuffled)["temporal_order"]
-    assert [shuffled[i]["session_id"] for i in splits["per_persona"]["persona_000"]["test"]] == [16, 17, 18, 19]
+    assert split_report(splits, shuffled)["temporal_order"]
+    assert [shuffled[i]["session_id"] for i in splits["persona_000"]["test"]] == [16, 17, 18, 19]
 
 
 def test_too_few_dialogues_is_a_clear_error(cleaned, tmp_path):
@@ -249,8 +249,10 @@ def test_too_few_dialogues_is_a_clear_error(cleaned, tmp_path):
     result = run_script("create_splits.py", "--input", path, "--output", tmp_path / "s.json", "--min_dialogues", "5")
     assert result.returncode == 0, result.stderr
     splits = json.loads((tmp_path / "s.json").read_text())
-    assert [len(splits["per_persona"]["persona_000"][k]) for k in ("train", "val", "test")] == [3, 1, 1]
-    assert json.loads((tmp_path / "split_report.json").read_text())["complete"]
+    assert set(splits) == {"persona_000"}  # the documented format: persona id -> its index lists, nothing else
+    assert [len(splits["persona_000"][k]) for k in ("train", "val", "test")] == [3, 1, 1]
+    report = json.loads((tmp_path / "split_report.json").read_text())
+    assert report["complete"] and report["ratios"] == [0.6, 0.2, 0.2] and report["source"] == str(path)
 
 
 def test_download_without_network_fails_in_one_line(tmp_path):
