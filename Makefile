@@ -29,10 +29,8 @@ demo-data:
 # adapters, then every arm evaluated and compared. Rerunning skips adapters that are complete.
 demo: demo-data
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope all
-	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user \
-		--personas $(DEMO_USERS) --output_dir models/demo/lora_per_user
-	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all \
-		--personas $(DEMO_USERS) --output_dir models/demo/lora_per_user_on_all
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user --personas $(DEMO_USERS)
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all --personas $(DEMO_USERS)
 	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo
 
 bench:

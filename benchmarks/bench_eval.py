@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from common import demo_dataset, peak_rss_mb
 
+from scripts.adapters import attach_adapters, lora_config, save_adapter
+from scripts.arms import adapter_name
 from scripts.config import load_config
-from scripts.eval_lora import adapter_name, load_with_adapters
 from scripts.evaluation import build_prompts, collect_turns
 from scripts.generation import encode_prompts, generate_texts, generation_kwargs
 from scripts.modeling import load_model_and_tokenizer
-from scripts.train_lora_per_user import lora_config, save_adapter
 
 
 def make_adapters(cfg, personas, folder):
@@ -53,7 +53,7 @@ def earlier_way(cfg, paths, turns, prompts):
     for persona, folder in paths.items():
         base, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
         model = PeftModel.from_pretrained(base, folder).merge_and_unload().eval()
-        kwargs = generation_kwargs(tokenizer, cfg["generation"])
+        kwargs = generation_kwargs(model, tokenizer, cfg["generation"])
         for prompt, turn in zip(prompts, turns):
             if turn["persona_id"] != persona:
                 continue
@@ -73,11 +73,12 @@ def main():
     cfg["lora"] = load_config(args.train_config)["lora"]
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=20)
-        personas = sorted(splits["per_persona"])
-        turns = [t for p in personas for t in collect_turns(dialogs, splits["per_persona"][p]["test"], args.turns_per_persona)]
+        personas = sorted(splits)
+        turns = [t for p in personas for t in collect_turns(dialogs, {p: splits[p]["test"]}, args.turns_per_persona)]
         paths = make_adapters(cfg, personas, Path(tmp) / "adapters")
         names = {p: adapter_name("lora_per_user", p) for p in personas}
-        model, tokenizer = load_with_adapters(cfg, {names[p]: paths[p] for p in personas})
+        base, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
+        model = attach_adapters(base, {names[p]: paths[p] for p in personas})
         prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
         print(f"{len(personas)} personas x {args.turns_per_persona} turns, LoRA r={cfg['lora']['r']} on "
               f"{len(cfg['lora']['target_modules'])} modules, up to {cfg['generation']['max_new_tokens']} new tokens, "

@@ -16,13 +16,14 @@ import torch
 
 from common import demo_dataset, peak_rss_mb
 from scripts.config import load_config
-from scripts.evaluation import build_prompts, collect_turns, split_indices
+from scripts.evaluation import build_prompts, collect_turns
+from scripts.splits import split_indices
 from scripts.generation import encode_prompts, generate_texts, generation_kwargs
 from scripts.modeling import load_model_and_tokenizer
 
 
 def one_by_one(model, tokenizer, prompts, gen_cfg):
-    kwargs = generation_kwargs(tokenizer, gen_cfg)
+    kwargs = generation_kwargs(model, tokenizer, gen_cfg)
     replies = []
     with torch.inference_mode():
         for ids in encode_prompts(tokenizer, prompts):
@@ -41,7 +42,7 @@ def main():
     gen = cfg["generation"]
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp)
-    turns = collect_turns(dialogs, split_indices(splits, "test"), args.turns)
+    turns = collect_turns(dialogs, split_indices(splits, "test", sorted(splits)), args.turns)
     model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
     prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
     print(f"{len(turns)} turns, prompt tokens {sum(map(len, encode_prompts(tokenizer, prompts))) / len(prompts):.0f} "

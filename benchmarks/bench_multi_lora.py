@@ -18,13 +18,12 @@ import tempfile
 import time
 
 import torch
-from common import demo_dataset, peak_rss_mb
+from common import demo_dataset, peak_rss_mb, training_examples
 
 from scripts.config import load_config
 from scripts.modeling import load_model_and_tokenizer
 from scripts.multi_lora import train_group
-from scripts.train_lora_per_user import AdapterTrainer, examples_for, lora_config
-from scripts.training import IGNORE, train_adapter
+from scripts.training import IGNORE, AdapterTrainer, select_examples, train_adapter
 
 
 def qwen_shaped(device, dtype):
@@ -75,23 +74,22 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             dialogs, splits = demo_dataset(tmp, personas=args.k, sessions=args.sessions)
         model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device=args.device)
-        jobs = sorted(splits["per_persona"].items())
-        train_sets = [examples_for(tokenizer, dialogs, s["train"], cfg) for _, s in jobs]
-        val_sets = [examples_for(tokenizer, dialogs, s["val"], cfg) for _, s in jobs]
+        examples = training_examples(tokenizer, dialogs, cfg)
+        train_sets = [select_examples(examples, s["train"]) for _, s in sorted(splits.items())]
+        val_sets = [select_examples(examples, s["val"]) for _, s in sorted(splits.items())]
         pad_id = tokenizer.pad_token_id
         label = f"embedded SmolLM2-135M on {args.device}, {args.k} demo personas x {len(train_sets[0])} train dialogues"
     tokens = sum(len(e["input_ids"]) for t in train_sets for e in t) * args.epochs
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    lora = lora_config(cfg["lora"])
     sync()
     t = time.perf_counter()
-    model, _, _ = train_group(model, lora, cfg, train_sets, val_sets, pad_id, progress=False)
+    model, _, _ = train_group(model, cfg, train_sets, val_sets, pad_id, progress=False)
     sync()
     batched_s = time.perf_counter() - t
     batched_rss = peak_rss_mb()
 
-    trainer = AdapterTrainer(model, None, cfg)
+    trainer = AdapterTrainer(model, None, cfg, None)
     t = time.perf_counter()
     for k, (train, val) in enumerate(zip(train_sets, val_sets)):
         adapter = trainer.fresh_adapter(f"b{k}")

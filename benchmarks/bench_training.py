@@ -16,15 +16,16 @@ dialogues, scripts/training.py:mean_loss).
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
-from common import demo_dataset, peak_rss_mb
+from common import demo_dataset, peak_rss_mb, training_examples
 
+from scripts.adapters import AdapterJob, lora_config
 from scripts.config import load_config
 from scripts.modeling import load_model_and_tokenizer
-from scripts.prompting import build_turn_messages, chat_messages
-from scripts.train_lora_per_user import AdapterTrainer, examples_for, lora_config
-from scripts.training import IGNORE, collate, mean_loss
+from scripts.prompting import build_turn_messages
+from scripts.training import IGNORE, AdapterTrainer, collate, mean_loss, select_examples
 
 
 def per_turn_examples(tokenizer, dialogs, indices, cfg):
@@ -93,17 +94,18 @@ def main():
     cfg["training"].update(epochs=ours_epochs, early_stopping_patience=ours_epochs)
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=args.sessions)
-    jobs = [(p, s["train"], s["val"]) for p, s in sorted(splits["per_persona"].items())]
+    jobs = [(p, s["train"], s["val"]) for p, s in sorted(splits.items())]
     model_name = cfg["model"]["name"]
     load_model_and_tokenizer(model_name, device="cpu")  # build the base cache outside both timings
 
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         model, tokenizer, _ = load_model_and_tokenizer(model_name, device="cpu")
-        trainer = AdapterTrainer(model, tokenizer, cfg)
+        examples = training_examples(tokenizer, dialogs, cfg)
+        trainer = AdapterTrainer(model, tokenizer, cfg, examples)
         ours_val = {}
         for persona, train_ix, val_ix in jobs:
-            log = trainer.train(persona, train_ix, val_ix, dialogs, f"{out}/ours/{persona}", {})
+            log = trainer.train(AdapterJob(persona, train_ix, val_ix, Path(f"{out}/ours/{persona}")), {})
             ours_val[persona] = log["best_val_loss"]  # mean_loss on the same val examples, inside train_adapter
         ours_s = time.perf_counter() - t
         ours_rss = peak_rss_mb()
@@ -115,7 +117,7 @@ def main():
     ref_val = {}
     for persona, _, val_ix in jobs:
         ref_model, ref_tok = reference[persona]
-        ref_val[persona] = mean_loss(ref_model, examples_for(ref_tok, dialogs, val_ix, cfg), ref_tok.pad_token_id)
+        ref_val[persona] = mean_loss(ref_model, select_examples(examples, val_ix), ref_tok.pad_token_id)
 
     n_train = sum(len(j[1]) for j in jobs)
     print(f"{len(jobs)} personas, {n_train} train dialogues, epochs: ours {ours_epochs}, guide {args.epochs}, model {model_name}, "

@@ -1,22 +1,30 @@
-"""Shared set-up for the benchmarks: a small demo dataset built in memory."""
+"""Shared set-up for the benchmarks: a small demo dataset built in memory, and its training examples."""
 
 import resource
 
-from scripts.clean_data import clean
-from scripts.create_splits import make_splits
-from scripts.make_demo_data import generate
+from scripts.cleaning import clean
+from scripts.data_io import write_jsonl
+from scripts.demo_data import generate
+from scripts.splits import make_splits
+from scripts.training import dialog_example
 
 
 def demo_dataset(tmp_dir, personas=4, sessions=20, seed=0):
     """(dialogs, splits) for a fresh demo dataset written under tmp_dir."""
-    from scripts.data_io import write_jsonl
-
     characters, routines, sessions_rows = generate(personas, sessions, seed)
     for name, rows in (("characters", characters), ("routines", routines), ("sessions", sessions_rows)):
         write_jsonl(f"{tmp_dir}/{name}.jsonl", rows)
     dialogs, _, problems = clean(tmp_dir)
     assert not problems, problems
     return dialogs, make_splits(dialogs, min_dialogues=5)
+
+
+def training_examples(tokenizer, dialogs, cfg):
+    """Every dialogue's training example (row i = dialogue i), as scripts/training.tokenized_dialogs builds them."""
+    from datasets import Dataset
+
+    return Dataset.from_list([dialog_example(tokenizer, d, cfg["prompt"], cfg["training"]["max_seq_length"])
+                              for d in dialogs])
 
 
 def peak_rss_mb():

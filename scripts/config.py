@@ -1,8 +1,11 @@
 """JSON configs: one schema of known sections and keys, checked when a config is loaded.
 
-An unknown key or a value of the wrong type is a UserError naming the file and the key, so a typo
-("max_new_token") never falls back silently to a default. Every script reads its config through
-`load_config`; the sections a script does not use keep their defaults.
+An unknown key, a value of the wrong type, a choice that is not one of the allowed ones or a
+number out of range is a UserError naming the file and the key, so a typo ("max_new_token",
+"primary_metric": "parm_f1") never falls back silently to a default. Every script reads its
+config through `load_config`; the sections a script does not use keep their defaults. Each value
+has one key: adapter folders live in `adapters` (training writes there, evaluation reads there),
+the retrieval depth in `prompt.retrieved_history`.
 """
 
 import copy
@@ -12,7 +15,6 @@ from pathlib import Path
 from scripts.data_io import UserError
 
 OPTIONAL_INT = (int, type(None))
-OPTIONAL_STR = (str, type(None))
 NUMBER = (int, float)
 
 SYSTEM_TEMPLATE = (
@@ -22,12 +24,16 @@ SYSTEM_TEMPLATE = (
     "Answer briefly and state the exact settings you apply."
 )
 
+PROMPT_ARMS = ("baseline", "character", "retrieval")
+ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
+SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all"}
+
 # section -> key -> (allowed types, default)
 SCHEMA = {
     "model": {
         "name": (str, "embedded:smollm2-135m-instruct"),
-        "device": (str, "auto"),          # auto | cpu | cuda | mps
-        "dtype": (str, "auto"),           # auto | float32 | bfloat16 | float16
+        "device": (str, "auto"),
+        "dtype": (str, "auto"),
     },
     "data": {
         "dialogs": (str, "data/cleaned/dialogs_clean.jsonl"),
@@ -38,7 +44,8 @@ SCHEMA = {
         "system_template": (str, SYSTEM_TEMPLATE),
         "max_context_messages": (int, 10),
         "include_character": (bool, False),
-        "retrieved_history": (int, 0),
+        "retrieval": (bool, False),            # retrieved past dialogues of the same user in the system prompt
+        "retrieved_history": (int, 2),         # how many, when retrieval is on
         "retrieved_max_messages": (int, 6),
     },
     "generation": {
@@ -61,9 +68,7 @@ SCHEMA = {
         "target_modules": (list, ["q_proj", "v_proj"]),
     },
     "training": {
-        "scope": (str, "per_user"),       # per_user | all | per_user_on_all
-        "output_dir": (OPTIONAL_STR, None),
-        "unified_adapter": (str, "models/lora_all"),
+        "scope": (str, "per_user"),
         "learning_rate": (NUMBER, 5e-4),
         "weight_decay": (NUMBER, 0.01),
         "warmup_ratio": (NUMBER, 0.1),
@@ -76,12 +81,13 @@ SCHEMA = {
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
         "micro_batch_size": (int, 0),     # with K > 1: sequences per forward pass (0: the whole step)
     },
-    "arms": {
-        "names": (list, ["baseline", "character", "retrieval", "lora_all", "lora_per_user", "lora_per_user_on_all"]),
+    "adapters": {                          # where each adapter arm lives: training writes, evaluation reads
         "lora_all": (str, "models/lora_all"),
         "lora_per_user": (str, "models/lora_per_user"),
         "lora_per_user_on_all": (str, "models/lora_per_user_on_all"),
-        "retrieved_history": (int, 2),
+    },
+    "arms": {
+        "names": (list, list(PROMPT_ARMS + ADAPTER_ARMS)),
         "best_on_val": (bool, True),
         "primary_metric": (str, "param_f1"),
         "n_bootstrap": (int, 2000),
@@ -89,10 +95,37 @@ SCHEMA = {
 }
 
 CHOICES = {
-    ("model", "device"): {"auto", "cpu", "cuda", "mps"},
-    ("model", "dtype"): {"auto", "float32", "bfloat16", "float16"},
-    ("data", "split"): {"train", "val", "test"},
-    ("training", "scope"): {"per_user", "all", "per_user_on_all"},
+    ("model", "device"): ("auto", "cpu", "cuda", "mps"),
+    ("model", "dtype"): ("auto", "float32", "bfloat16", "float16"),
+    ("data", "split"): ("train", "val", "test"),
+    ("training", "scope"): tuple(SCOPE_ARM),
+}
+
+# (section, key) -> (lowest, highest, whether the lowest itself is allowed); None: unbounded
+RANGES = {
+    ("prompt", "max_context_messages"): (0, None, True),
+    ("prompt", "retrieved_history"): (1, None, True),
+    ("prompt", "retrieved_max_messages"): (1, None, True),
+    ("generation", "max_new_tokens"): (1, None, True),
+    ("generation", "batch_size"): (1, None, True),
+    ("generation", "temperature"): (0, None, False),
+    ("generation", "top_p"): (0, 1, False),
+    ("evaluation", "max_examples"): (1, None, True),
+    ("evaluation", "sample_outputs"): (0, None, True),
+    ("lora", "r"): (1, None, True),
+    ("lora", "alpha"): (1, None, True),
+    ("lora", "dropout"): (0, 0.99, True),
+    ("training", "learning_rate"): (0, None, False),
+    ("training", "weight_decay"): (0, None, True),
+    ("training", "warmup_ratio"): (0, 1, True),
+    ("training", "max_grad_norm"): (0, None, False),
+    ("training", "epochs"): (1, None, True),
+    ("training", "batch_size"): (1, None, True),
+    ("training", "max_seq_length"): (16, None, True),
+    ("training", "early_stopping_patience"): (0, None, True),
+    ("training", "parallel_personas"): (1, None, True),
+    ("training", "micro_batch_size"): (0, None, True),
+    ("arms", "n_bootstrap"): (100, None, True),
 }
 
 
@@ -113,8 +146,36 @@ def _type_name(types):
     return " or ".join(names[t] for t in types)
 
 
+def _range_problem(value, low, high, low_inclusive):
+    if value is None:
+        return None
+    if value < low or (value == low and not low_inclusive) or (high is not None and value > high):
+        lower = f">= {low}" if low_inclusive else f"> {low}"
+        return f"must be {lower}" + (f" and <= {high}" if high is not None else "") + f", got {value}"
+    return None
+
+
+def _list_problem(section, key, value):
+    """Checks of the list-valued keys: non-empty strings, known arm names, no repeats."""
+    if not value or not all(isinstance(v, str) and v for v in value):
+        return "must be a non-empty list of names"
+    if len(set(value)) != len(value):
+        return f"repeats a name: {value}"
+    if (section, key) == ("arms", "names"):
+        unknown = [v for v in value if v not in PROMPT_ARMS + ADAPTER_ARMS]
+        if unknown:
+            return f"has unknown arm(s) {unknown}; known: {list(PROMPT_ARMS + ADAPTER_ARMS)}"
+    return None
+
+
+def _metric_problem(name):
+    from scripts.evaluation import PERSONA_METRICS
+
+    return None if name in PERSONA_METRICS else f"is not a metric; known: {', '.join(PERSONA_METRICS)}"
+
+
 def validate(raw, source):
-    """Defaults overlaid with `raw`; UserError for any unknown section/key or wrongly typed value."""
+    """Defaults overlaid with `raw`; UserError for any unknown, mistyped, unknown-choice or out-of-range value."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a config must be a JSON object of sections")
     config = defaults()
@@ -133,7 +194,16 @@ def validate(raw, source):
                 raise UserError(f"{source}: {section}.{key} must be {_type_name(types)}, got {json.dumps(value)}")
             allowed = CHOICES.get((section, key))
             if allowed and value not in allowed:
-                raise UserError(f"{source}: {section}.{key} must be one of {sorted(allowed)}, got {value!r}")
+                raise UserError(f"{source}: {section}.{key} must be one of {list(allowed)}, got {value!r}")
+            problem = None
+            if (section, key) in RANGES:
+                problem = _range_problem(value, *RANGES[(section, key)])
+            elif isinstance(value, list):
+                problem = _list_problem(section, key, value)
+            elif (section, key) == ("arms", "primary_metric"):
+                problem = _metric_problem(value)
+            if problem:
+                raise UserError(f"{source}: {section}.{key} {problem}")
             config[section][key] = value
     return config
 
@@ -144,8 +214,20 @@ def load_config(path):
         raise UserError(f"{path}: config not found")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
     config = validate(raw, str(path))
     config["_source"] = str(path)
     return config
+
+
+def arm_prompt(arm, prompt_cfg):
+    """The prompt settings of an arm: the base prompt, with the character or retrieval switched on."""
+    prompt = dict(prompt_cfg)
+    if arm == "character":
+        prompt["include_character"] = True
+    if arm == "retrieval":
+        prompt["retrieval"] = True
+    return prompt

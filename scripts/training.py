@@ -1,9 +1,18 @@
-"""LoRA training on whole dialogues with the loss on assistant tokens only.
+"""LoRA training on whole dialogues with the loss on assistant tokens only: the one training core.
 
 One sequence per dialogue: the prompt builder's system message, then the dialogue, rendered with
 the model's chat template. Labels are -100 everywhere except each assistant message's content and
 its end-of-turn token, so every assistant turn is supervised while each dialogue is read once per
 epoch (the per-turn recipe re-reads the growing history once per assistant turn).
+
+Examples are built for every dialogue of the cleaned file at once with `datasets` (`load_dataset`
++ `map`), which caches them on disk keyed by the file, the tokenizer, the prompt settings and this
+code: the three training scopes and every rerun share one tokenization.
+
+The one-by-one trainer here (`AdapterTrainer`, PEFT) and the stacked K-persona trainer in
+scripts/multi_lora.py share the loss (`supervised_losses`), the validation loss (`val_losses`),
+the batch plan (`epoch_batches`), the learning-rate schedule (transformers' linear warmup/decay)
+and early stopping with the best epoch's weights kept (`BestEpoch`).
 """
 
 import math
@@ -13,6 +22,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from scripts.adapters import lora_config, save_adapter
+from scripts.data_io import UserError
 from scripts.prompting import chat_messages, system_prompt
 
 IGNORE = -100
@@ -48,9 +59,9 @@ def supervised_sequence(tokenizer, messages):
     return input_ids, labels
 
 
-def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, retrieved=()):
+def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length):
     """The training example of one dialogue, dropping its earliest messages to fit max_seq_length."""
-    system = system_prompt(prompt_cfg, dialog.get("character"), retrieved)
+    system = system_prompt(prompt_cfg, dialog.get("character"))
     messages = dialog["messages"]
     starts = [k for k, m in enumerate(messages) if m["role"] == "user" or k == 0]  # whole exchanges only
     for first in starts:
@@ -64,7 +75,29 @@ def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, retrieved=()):
     return {"input_ids": ids[-max_seq_length:], "labels": labels[-max_seq_length:]}
 
 
+def _example_columns(dialog, tokenizer, prompt_cfg, max_seq_length):
+    return dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length)
+
+
+def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length):
+    """Every dialogue of the cleaned file as a training example (row i = line i), cached by `datasets`."""
+    from datasets import load_dataset
+
+    if prompt_cfg["retrieval"]:
+        raise UserError("training with retrieved dialogues in the prompt is not supported: set prompt.retrieval "
+                        "to false in the training config (the retrieval arm is a prompt-only arm)")
+    dialogs = load_dataset("json", data_files=str(dialogs_path), split="train")
+    return dialogs.map(_example_columns, remove_columns=dialogs.column_names, desc="tokenizing dialogues",
+                       fn_kwargs={"tokenizer": tokenizer, "prompt_cfg": dict(prompt_cfg), "max_seq_length": max_seq_length})
+
+
+def select_examples(examples, indices):
+    """The examples of some dialogues, as plain {input_ids, labels} dicts."""
+    return examples.select(indices).to_list() if len(indices) else []
+
+
 def collate(examples, pad_id):
+    """Right-padded (input_ids, attention_mask, labels) tensors; labels padded with IGNORE."""
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -77,8 +110,8 @@ def collate(examples, pad_id):
     return input_ids, attention, labels
 
 
-def token_losses(model, input_ids, attention, labels):
-    """(sum of assistant-token losses, number of assistant tokens) for a batch.
+def supervised_losses(model, input_ids, attention, labels):
+    """(loss sum, supervised token count) per example of a batch.
 
     The vocabulary projection runs only at supervised positions: full logits for a batch of long
     dialogues are gigabytes (4 x 600 x 49k floats, plus their gradient) for the ~third of the
@@ -89,25 +122,89 @@ def token_losses(model, input_ids, attention, labels):
     targets = labels[:, 1:]
     keep = targets != IGNORE
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
-    return loss, int(keep.sum())
+    token_loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(targets)[keep]
+    sums = torch.zeros(input_ids.shape[0], device=input_ids.device).index_add(0, rows, token_loss)
+    return sums, keep.sum(dim=1)
 
 
 @torch.no_grad()
-def mean_loss(model, examples, pad_id, batch_size=8):
-    """Assistant-token mean cross-entropy over examples: the val loss every trainer is judged by."""
-    if not examples:
-        return None
+def val_losses(model, example_sets, pad_id, route=None, batch_size=8):
+    """Mean assistant-token loss of each set of examples (None for an empty set).
+
+    `route(slots)` is called before each batch with the set index of every row: the stacked
+    trainer uses it to send each row through its own persona's adapter.
+    """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    items = [(slot, e) for slot, examples in enumerate(example_sets) for e in examples]
+    totals = torch.zeros(len(example_sets), dtype=torch.float64)
+    counts = torch.zeros(len(example_sets), dtype=torch.float64)
     device = next(model.parameters()).device
-    for start in range(0, len(examples), batch_size):
-        batch = [t.to(device) for t in collate(examples[start:start + batch_size], pad_id)]
-        loss, n = token_losses(model, *batch)
-        total, count = total + float(loss), count + n
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch = [t.to(device) for t in collate([e for _, e in chunk], pad_id)]
+        slots = torch.tensor([slot for slot, _ in chunk])
+        if route is not None:
+            route(slots.to(device))
+        sums, n = supervised_losses(model, *batch)
+        totals.index_add_(0, slots, sums.double().cpu())
+        counts.index_add_(0, slots, n.double().cpu())
     model.train(was_training)
-    return total / count if count else None
+    return [float(t / c) if c else None for t, c in zip(totals, counts)]
+
+
+def mean_loss(model, examples, pad_id):
+    """Assistant-token mean cross-entropy over examples: the val loss every trainer is judged by."""
+    return val_losses(model, [examples], pad_id)[0]
+
+
+def epoch_batches(n_examples, batch_size, rng):
+    """One epoch's batches of example indices, shuffled by `rng`."""
+    order = list(range(n_examples))
+    rng.shuffle(order)
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def linear_schedule(optimizer, cfg, total_steps):
+    """transformers' linear warmup then linear decay to 0 over `total_steps`, warmup = warmup_ratio of them."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
+
+
+class BestEpoch:
+    """Early stopping on val loss for one adapter: the epoch log, the best epoch's weights, when to stop.
+
+    Without val examples the last epoch is the best. Training stops once `patience` epochs in a
+    row fail to improve on the best.
+    """
+
+    def __init__(self, patience, n_train, n_val):
+        self.patience, self.bad_epochs, self.start = patience, 0, time.perf_counter()
+        self.best_score, self.best_epoch, self.state = math.inf, None, None
+        self.log = {"epochs": [], "train_examples": n_train, "val_examples": n_val,
+                    "train_tokens": 0, "supervised_tokens": 0}
+
+    def end_epoch(self, train_loss_sum, supervised_tokens, val_loss, snapshot):
+        """Record an epoch; `snapshot()` returns the weights to keep if it is the best. True: stop now."""
+        epoch = len(self.log["epochs"]) + 1
+        self.log["supervised_tokens"] += supervised_tokens
+        self.log["epochs"].append({"epoch": epoch, "train_loss": train_loss_sum / max(supervised_tokens, 1),
+                                   "val_loss": val_loss, "seconds": time.perf_counter() - self.start})
+        score = val_loss if val_loss is not None else -epoch
+        if score < self.best_score:
+            self.best_score, self.best_epoch, self.state, self.bad_epochs = score, epoch, snapshot(), 0
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs > self.patience
+
+    def finish(self):
+        """The training log, with the best epoch's figures."""
+        best = self.log["epochs"][self.best_epoch - 1]
+        self.log.update(best_epoch=self.best_epoch, best_val_loss=best["val_loss"], final_train_loss=best["train_loss"],
+                        seconds=time.perf_counter() - self.start)
+        return self.log
 
 
 def trainable_state(model):
@@ -121,68 +218,80 @@ def load_trainable_state(model, state):
             params[k].copy_(v)
 
 
-def lr_lambda(warmup_steps, total_steps):
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return factor
-
-
 def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="training", progress=True):
     """Train the model's trainable (LoRA) parameters; keep the best epoch by val loss.
 
     cfg: the config's `training` section. Returns the training log.
     """
-    start_time = time.perf_counter()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(train_examples) / cfg["batch_size"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(max(1, int(cfg["warmup_ratio"] * total_steps)), total_steps))
-    order_rng = random.Random(cfg["seed"])
-    log = {"epochs": [], "train_examples": len(train_examples), "val_examples": len(val_examples),
-           "train_tokens": 0, "supervised_tokens": 0}
-    best = {"val_loss": math.inf, "epoch": None, "state": None}
-    bad_epochs = 0
-    bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False, disable=not progress)
+    scheduler = linear_schedule(optimizer, cfg, steps_per_epoch * cfg["epochs"])
+    rng = random.Random(cfg["seed"])
+    tracker = BestEpoch(cfg["early_stopping_patience"], len(train_examples), len(val_examples))
+    bar = tqdm(total=steps_per_epoch * cfg["epochs"], desc=desc, unit="step", leave=False, disable=not progress)
     model.train()
-    for epoch in range(1, cfg["epochs"] + 1):
-        order = list(range(len(train_examples)))
-        order_rng.shuffle(order)
-        epoch_loss, epoch_tokens = 0.0, 0
-        for start in range(0, len(order), cfg["batch_size"]):
-            batch = [train_examples[i] for i in order[start:start + cfg["batch_size"]]]
-            input_ids, attention, labels = (t.to(device) for t in collate(batch, pad_id))
-            loss_sum, n = token_losses(model, input_ids, attention, labels)
+    for _ in range(cfg["epochs"]):
+        loss_total, tokens_total = 0.0, 0
+        for batch_ix in epoch_batches(len(train_examples), cfg["batch_size"], rng):
+            input_ids, attention, labels = (t.to(device) for t in collate([train_examples[i] for i in batch_ix], pad_id))
+            sums, counts = supervised_losses(model, input_ids, attention, labels)
+            loss_sum, n = sums.sum(), int(counts.sum())
             (loss_sum / max(n, 1)).backward()
             torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            epoch_loss, epoch_tokens = epoch_loss + loss_sum.item(), epoch_tokens + n
-            log["train_tokens"] += int(attention.sum())
+            loss_total, tokens_total = loss_total + loss_sum.item(), tokens_total + n
+            tracker.log["train_tokens"] += int(attention.sum())
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum.item() / max(n, 1):.3f}")
-        log["supervised_tokens"] += epoch_tokens
-        val_loss = mean_loss(model, val_examples, pad_id)
-        log["epochs"].append({"epoch": epoch, "train_loss": epoch_loss / max(epoch_tokens, 1), "val_loss": val_loss,
-                              "seconds": time.perf_counter() - start_time})
-        score = val_loss if val_loss is not None else -epoch  # no val split: the last epoch is best
-        if score < best["val_loss"]:
-            best = {"val_loss": score, "epoch": epoch, "state": trainable_state(model)}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs > cfg["early_stopping_patience"]:
-                break
+        if tracker.end_epoch(loss_total, tokens_total, mean_loss(model, val_examples, pad_id),
+                             lambda: trainable_state(model)):
+            break
     bar.close()
-    load_trainable_state(model, best["state"])
+    load_trainable_state(model, tracker.state)
     model.eval()
-    log["best_epoch"] = best["epoch"]
-    log["best_val_loss"] = log["epochs"][best["epoch"] - 1]["val_loss"]
-    log["final_train_loss"] = log["epochs"][best["epoch"] - 1]["train_loss"]
-    log["seconds"] = time.perf_counter() - start_time
-    return log
+    return tracker.finish()
+
+
+class AdapterTrainer:
+    """Holds the base model once and trains a fresh PEFT adapter for each job, one after another."""
+
+    def __init__(self, model, tokenizer, cfg, examples):
+        self.model, self.tokenizer, self.cfg, self.examples = model, tokenizer, cfg, examples
+        self.peft_model = None
+
+    def train(self, job, extra_log):
+        """Train job (an AdapterJob), save it as a PEFT folder; returns its training log."""
+        if not job.train:
+            raise UserError("no train dialogues")
+        train_examples = select_examples(self.examples, job.train)
+        val_examples = select_examples(self.examples, job.val)
+        adapter = self.fresh_adapter(f"job_{job.name}")
+        try:
+            log = train_adapter(self.peft_model, train_examples, val_examples, self.cfg["training"],
+                                self.tokenizer.pad_token_id, desc=job.name)
+            log.update(extra_log, persona_id=job.name)
+            save_adapter(self.peft_model, adapter, job.folder, log)
+        finally:
+            self.release(adapter)
+        return log
+
+    def fresh_adapter(self, adapter):
+        """A new active LoRA adapter, initialised from the configured seed (same persona, same start)."""
+        from peft import get_peft_model
+
+        torch.manual_seed(self.cfg["training"]["seed"])
+        if self.peft_model is None:
+            self.peft_model = get_peft_model(self.model, lora_config(self.cfg["lora"]), adapter_name=adapter)
+        else:
+            self.peft_model.add_adapter(adapter, lora_config(self.cfg["lora"]))
+            self.peft_model.set_adapter(adapter)
+        return adapter
+
+    def release(self, adapter):
+        """Drop a finished adapter (PEFT keeps the last one: a model needs at least one)."""
+        if len(self.peft_model.peft_config) > 1:
+            self.peft_model.delete_adapter(adapter)

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 @pytest.fixture()
 def config_factory(tmp_path, tiny_model_dir, demo_files):
     splits = json.loads(demo_files["splits_path"].read_text())
-    splits["per_persona"]["persona_001"]["train"] = splits["per_persona"]["persona_001"]["train"][:3]  # uneven
+    splits["persona_001"]["train"] = splits["persona_001"]["train"][:3]  # uneven
     (tmp_path / "splits.json").write_text(json.dumps(splits))
 
-    def make(name, **training):
-        cfg = {"model": {"name": str(tiny_model_dir), "device": "cpu"},
+    def make(name, model_dir=tiny_model_dir, **training):
+        cfg = {"model": {"name": str(model_dir), "device": "cpu"},
                "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(tmp_path / "splits.json")},
                "prompt": {"system_template": "You are a home assistant."},
                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]},
@@ -29,11 +29,12 @@ def config_factory(tmp_path, tiny_model_dir, demo_files):
     return make
 
 
-def test_personas_trained_together_equal_one_by_one(config_factory, tmp_path):
+def test_personas_trained_together_equal_one_by_one(config_factory, tiny_arch_dir, tmp_path):
     alone, together = tmp_path / "alone", tmp_path / "together"
-    result = run_script("train_lora_per_user.py", "--config", config_factory("one"), "--output_dir", alone)
+    result = run_script("train_lora_per_user.py", "--config", config_factory("one", tiny_arch_dir), "--output_dir", alone)
     assert result.returncode == 0, result.stderr
-    result = run_script("train_lora_per_user.py", "--config", config_factory("k3", parallel_personas=3, micro_batch_size=2),
+    result = run_script("train_lora_per_user.py", "--config",
+                        config_factory("k3", tiny_arch_dir, parallel_personas=3, micro_batch_size=2),
                         "--output_dir", together)
     assert result.returncode == 0, result.stderr
     assert "(3 trained together)" in result.stdout

@@ -1,10 +1,13 @@
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import ROOT, run_script
 from safetensors.torch import load_file
 
 from scripts.config import defaults
@@ -52,14 +55,15 @@ def test_long_dialogues_keep_the_most_recent_turns(tiny_model):
 
 # ------------------------------------------------------------ the script
 @pytest.fixture()
-def train_config(tmp_path, tiny_model_dir, demo_files):
+def train_config(tmp_path, tiny_arch_dir, demo_files):
     def make(**training):
-        cfg = {"model": {"name": str(tiny_model_dir), "device": "cpu"},
+        cfg = {"model": {"name": str(tiny_arch_dir), "device": "cpu"},
                "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
                "prompt": {"system_template": "You are a home assistant."},
                "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
-               "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "max_seq_length": 512,
-                            "unified_adapter": str(tmp_path / "lora_all"), **training}}
+               "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "max_seq_length": 512, **training},
+               "adapters": {"lora_all": str(tmp_path / "lora_all"), "lora_per_user": str(tmp_path / "per_user"),
+                            "lora_per_user_on_all": str(tmp_path / "on_all")}}
         path = tmp_path / f"train_{len(list(tmp_path.glob('train_*.json')))}.json"
         path.write_text(json.dumps(cfg))
         return path
@@ -99,8 +103,8 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
 def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
     from peft import PeftModel, get_peft_model
 
+    from scripts.adapters import lora_config, save_adapter
     from scripts.modeling import load_model_and_tokenizer
-    from scripts.train_lora_per_user import lora_config, save_adapter
     from scripts.training import collate, dialog_example, train_adapter
 
     cfg = defaults()
@@ -128,7 +132,7 @@ def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
 
 def test_failing_persona_does_not_stop_the_others(train_config, demo_files, tmp_path):
     splits = json.loads(demo_files["splits_path"].read_text())
-    splits["per_persona"]["persona_001"]["train"] = []
+    splits["persona_001"]["train"] = []
     broken = tmp_path / "splits_broken.json"
     broken.write_text(json.dumps(splits))
     config = json.loads(train_config().read_text())
@@ -162,3 +166,95 @@ def test_all_then_per_user_on_all(train_config, tmp_path):
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",
                         "--personas", "persona_000", "--output_dir", tmp_path / "x")
     assert result.returncode == 2 and "no finished unified adapter" in result.stderr
+
+
+# ------------------------------------------------------------ the real model's architecture and precision
+def _small_cfg():
+    cfg = defaults()
+    cfg["lora"].update(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    cfg["training"].update(epochs=1, batch_size=2, learning_rate=1e-2)
+    cfg["prompt"]["system_template"] = "You are a home assistant."
+    return cfg
+
+
+def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
+    """The real configs run in bf16 on a GPU; the same code path runs here in bf16 on the CPU."""
+    from peft import get_peft_model
+
+    from scripts.adapters import lora_config
+    from scripts.generation import generate_texts
+    from scripts.modeling import load_model_and_tokenizer
+    from scripts.training import train_adapter, trainable_state
+
+    cfg = _small_cfg()
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    examples = [dialog_example(tokenizer, demo_files["dialogs"][i], cfg["prompt"], 256) for i in range(4)]
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, lora_config(cfg["lora"]), adapter_name="p")
+    before = trainable_state(peft_model)
+    log = train_adapter(peft_model, examples, examples[:2], cfg["training"], tokenizer.pad_token_id, progress=False)
+    after = trainable_state(peft_model)
+    assert all(v.dtype == torch.float32 for v in after.values())  # PEFT keeps LoRA weights in fp32 over a bf16 base
+    assert peft_model.get_base_model().model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert 0 < log["final_train_loss"] < 20 and 0 < log["best_val_loss"] < 20
+    prompts = ["<|im_start|>user\nLights to 40%.<|im_end|>\n<|im_start|>assistant\n"] * 2
+    replies = generate_texts(peft_model, tokenizer, prompts, {**cfg["generation"], "max_new_tokens": 4},
+                             batch_size=2, progress=False)
+    assert len(replies) == 2 and replies[0] == replies[1]
+
+
+def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_files, tmp_path):
+    """per_user_on_all trains on top of this merge: it must be exactly base + unified adapter."""
+    from peft import PeftModel, get_peft_model
+
+    from scripts.adapters import lora_config, merge_unified, save_adapter
+    from scripts.modeling import load_model_and_tokenizer
+    from scripts.training import collate
+
+    cfg = _small_cfg()
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
+    torch.manual_seed(3)
+    unified = get_peft_model(model, lora_config({**cfg["lora"], "target_modules": ["q_proj", "k_proj", "v_proj"]}),
+                             adapter_name="all")
+    with torch.no_grad():
+        for name, p in unified.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    save_adapter(unified, "all", tmp_path / "lora_all", {"scope": "all"})
+    examples = [dialog_example(tokenizer, demo_files["dialogs"][i], cfg["prompt"], 256) for i in range(2)]
+    input_ids, attention, _ = collate(examples, tokenizer.pad_token_id)
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=input_ids, attention_mask=attention).logits
+
+    applied = logits(PeftModel.from_pretrained(load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")[0],
+                                               str(tmp_path / "lora_all")).eval())
+    merged = merge_unified(load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")[0], tmp_path / "lora_all")
+    base = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")[0]
+    torch.testing.assert_close(logits(merged), applied, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(logits(base), applied, atol=1e-3)
+
+
+def test_tokenized_examples_are_cached_between_runs(tiny_model_dir, demo_files):
+    """A rerun (a new process) reuses the `datasets` cache instead of tokenizing again."""
+    code = ("import json, sys; from scripts.config import defaults; from scripts.modeling import load_tokenizer; "
+            "from scripts.training import tokenized_dialogs; "
+            "p = dict(defaults()['prompt'], system_template=sys.argv[3]); "
+            "ds = tokenized_dialogs(load_tokenizer(sys.argv[1]), sys.argv[2], p, 256); "
+            "print(json.dumps([ds.cache_files[0]['filename'], len(ds), ds[0]['input_ids'][:3]]))")
+
+    def run(system):
+        out = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir), str(demo_files["dialogs_path"]), system],
+                             capture_output=True, text=True, cwd=ROOT, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run("You are a home assistant.")
+    mtime = os.path.getmtime(first[0])
+    again = run("You are a home assistant.")
+    assert again == first and os.path.getmtime(first[0]) == mtime
+    assert first[1] == len(demo_files["dialogs"])
+    other = run("Another system prompt.")  # other prompt settings: another cache entry
+    assert other[0] != first[0]

@@ -1,0 +1,84 @@
+"""LoRA adapter folders: their config, where each arm keeps them, saving, loading and merging.
+
+An adapter is a standard PEFT folder (adapter_config.json, adapter_model.safetensors) plus the
+train_log.json this project writes beside them; a folder is complete only with all three, which
+is how a rerun knows what to skip. Adapters are written under a temporary name and renamed into
+place (scripts/data_io.atomic_path), so an interrupted run never leaves a complete-looking folder.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.data_io import UserError, atomic_path, write_json
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_log.json")
+
+
+@dataclass
+class AdapterJob:
+    """One adapter to train: its name (a persona id, or 'all'), its data and its folder."""
+    name: str
+    train: list
+    val: list
+    folder: Path
+
+
+def lora_config(cfg):
+    """peft.LoraConfig from the config's `lora` section."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                      target_modules=list(cfg["target_modules"]), bias="none", task_type="CAUSAL_LM")
+
+
+def is_complete(folder):
+    return all((Path(folder) / name).is_file() for name in ADAPTER_FILES)
+
+
+def arm_folder(adapters_cfg, arm, persona=None):
+    """Where an adapter arm keeps its adapter: one folder for lora_all, one per persona for the others."""
+    root = Path(adapters_cfg[arm])
+    return root if arm == "lora_all" else root / persona
+
+
+def jobs_for(scope_arm, splits, personas, root):
+    """The AdapterJobs of a training scope: one unified job over all personas, or one per persona."""
+    root = Path(root)
+    if scope_arm == "lora_all":
+        return [AdapterJob("all", [i for p in personas for i in splits[p]["train"]],
+                           [i for p in personas for i in splits[p]["val"]], root)]
+    return [AdapterJob(p, splits[p]["train"], splits[p]["val"], root / p) for p in personas]
+
+
+def save_adapter(peft_model, adapter_name, folder, log):
+    """Write one adapter of a PEFT model and its training log as a complete folder, atomically."""
+    with atomic_path(folder) as tmp:
+        peft_model.save_pretrained(tmp, selected_adapters=[adapter_name])
+        nested = tmp / adapter_name  # PEFT saves a non-default adapter in a subfolder of its name
+        if nested.is_dir():
+            for item in nested.iterdir():
+                item.rename(tmp / item.name)
+            nested.rmdir()
+        write_json(tmp / "train_log.json", log)
+
+
+def merge_unified(model, unified_dir):
+    """The base model with the unified adapter merged in (per-user-on-unified adapters sit on top of it)."""
+    from peft import PeftModel
+
+    if not is_complete(unified_dir):
+        raise UserError(f"{unified_dir}: no finished unified adapter; train it first with --scope all")
+    return PeftModel.from_pretrained(model, str(unified_dir)).merge_and_unload()
+
+
+def attach_adapters(model, adapters):
+    """A PeftModel holding every adapter of {name: folder} (names: no dots), or `model` if there are none."""
+    from peft import PeftModel
+
+    if not adapters:
+        return model
+    (first, folder), *rest = adapters.items()
+    peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=first)
+    for name, folder in rest:
+        peft_model.load_adapter(str(folder), adapter_name=name)
+    return peft_model.eval()
