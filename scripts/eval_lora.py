@@ -15,200 +15,80 @@ Writes arm_metrics.json, per_persona.csv, comparison.csv, comparison.md and PNG 
 """
 
 import argparse
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.config import load_config
-from scripts.data_io import (UserError, load_dialogs, load_splits, read_json, run_cli, write_csv, write_json,
-                             write_text_atomic)
-from scripts.evaluation import (SUMMARY_COLUMNS, TurnScorer, aggregate, aggregate_per_persona, build_prompts,
-                                collect_turns, make_retriever, split_indices)
-from scripts.generation import generate_texts
-from scripts.modeling import distributed_state, load_embedder, load_model_and_tokenizer
+from scripts.adapters import arm_folder
+from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
+from scripts.config import ADAPTER_ARMS, arm_prompt, load_config
+from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
+from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
+from scripts.modeling import distributed_state, gather_rows, load_embedder
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
-from scripts.statistics import paired_comparison
-from scripts.train_lora_per_user import is_complete
+from scripts.splits import choose_personas, load_splits, split_indices
+from scripts.tables import arm_frame, comparison_table, markdown_table, persona_frame, with_deltas
 
-PROMPT_ARMS = ("baseline", "character", "retrieval")
-ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
+REFERENCE_ARMS = ("baseline", "lora_all")
 DELTA_METRICS = ("param_f1", "embedding_similarity")
+PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "retrieval")
 
 
-def prompt_config(arm, cfg):
-    prompt = dict(cfg["prompt"])
-    if arm == "character":
-        prompt["include_character"] = True
-    if arm == "retrieval":
-        prompt["retrieved_history"] = cfg["arms"]["retrieved_history"]
-    return prompt
+@dataclass
+class Evaluation:
+    """What every split's evaluation needs: config, data, the loaded models and the scorer."""
+    cfg: dict
+    dialogs: list
+    splits: dict
+    groups: list
+    scorer: TurnScorer
+    retriever: object
 
 
-def adapter_folders(arm, cfg, personas):
-    """({persona: adapter folder}, [personas without one]) for an adapter arm."""
-    root = Path(cfg["arms"][arm])
-    if arm == "lora_all":
-        return ({p: root for p in personas}, []) if is_complete(root) else ({}, list(personas))
-    found = {p: root / p for p in personas if is_complete(root / p)}
-    return found, [p for p in personas if p not in found]
-
-
-def load_with_adapters(cfg, adapters, merge=None):
-    """The base model (optionally with `merge` merged in) holding every adapter in {name: folder}."""
-    from peft import PeftModel
-
-    model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], cfg["model"]["device"], cfg["model"]["dtype"])
-    if merge is not None:
-        model = PeftModel.from_pretrained(model, merge).merge_and_unload()
-    if not adapters:
-        return model, tokenizer
-    (first, folder), *rest = adapters.items()
-    model = PeftModel.from_pretrained(model, folder, adapter_name=first)
-    for name, folder in rest:
-        model.load_adapter(folder, adapter_name=name)
-    return model.eval(), tokenizer
-
-
-def adapter_name(arm, persona=None):
-    """PEFT adapter names: no dots, and never containing 'lora_' (PEFT would re-initialise them)."""
-    return {"lora_all": "unified", "lora_per_user": f"user_{persona}", "lora_per_user_on_all": f"onall_{persona}"}[arm]
-
-
-def plan_rows(arms, cfg, turns, availability):
-    """[(arm, turn index, adapter name or '__base__')] for the arms served by the shared model."""
-    rows = []
-    for arm in arms:
-        for k, turn in enumerate(turns):
-            persona = turn["persona_id"]
-            if arm in PROMPT_ARMS:
-                rows.append((arm, k, "__base__"))
-            elif persona in availability[arm][0]:
-                rows.append((arm, k, adapter_name(arm, persona)))
-    return rows
-
-
-def generate_rows(model, tokenizer, rows, turns, dialogs, cfg, retriever, desc):
-    """Predictions for rows, prompts built per arm, one mixed-adapter generation pass."""
-    prompts = [None] * len(rows)
-    for arm in dict.fromkeys(r[0] for r in rows):
-        picked = [i for i, r in enumerate(rows) if r[0] == arm]
-        arm_prompts = build_prompts(tokenizer, dialogs, [turns[rows[i][1]] for i in picked],
-                                    prompt_config(arm, cfg), retriever)
-        for i, prompt in zip(picked, arm_prompts):
-            prompts[i] = prompt
-    names = [r[2] for r in rows] if hasattr(model, "peft_config") else None
-    return generate_texts(model, tokenizer, prompts, cfg["generation"], adapter_names=names, desc=desc)
-
-
-def evaluate_split(split, arms, cfg, dialogs, splits, personas, models, availability, scorer, retriever, max_examples):
-    """({arm: records}, turns) on one split; models: {group: (model, tokenizer, arms it serves)}."""
-    turns = collect_turns(dialogs, split_indices(splits, split, personas), max_examples)
+def evaluate_split(ev, split, arms, personas, max_examples):
+    """{arm: turn records} of one split for these personas."""
+    turns = collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples)
     records = {}
-    for group, (model, tokenizer, group_arms) in models.items():
-        rows = plan_rows([a for a in arms if a in group_arms], cfg, turns, availability)
+    for group in ev.groups:
+        rows = generation_rows(group, [a for a in arms if a in group.arms], turns)
         if not rows:
             continue
-        preds = generate_rows(model, tokenizer, rows, turns, dialogs, cfg, retriever, f"{split} {group}")
-        for arm in dict.fromkeys(r[0] for r in rows):
-            picked = [i for i, r in enumerate(rows) if r[0] == arm]
-            records[arm] = scorer.score(dialogs, [turns[rows[i][1]] for i in picked], [preds[i] for i in picked])
-    return records, turns
+        replies = generate_rows(group, rows, turns, ev.dialogs, ev.cfg, ev.retriever, f"{split} {group.name}")
+        for arm in dict.fromkeys(r.arm for r in rows):
+            picked = [i for i, r in enumerate(rows) if r.arm == arm]
+            records[arm] = ev.scorer.score(ev.dialogs, [turns[rows[i].turn] for i in picked], [replies[i] for i in picked])
+    return records
 
 
-def best_on_val(val_per_persona, test_records, metric, arms):
-    """Per persona, the arm with the best val score (ties: earlier arm); its test records."""
-    chosen, records = {}, []
-    for persona, by_arm in val_per_persona.items():
-        scored = [(by_arm[a].get(metric), -arms.index(a), a) for a in arms
-                  if a in by_arm and by_arm[a].get(metric) is not None]
-        if not scored:
-            continue
-        arm = max(scored)[2]
-        chosen[persona] = arm
-        records += [r for r in test_records[arm] if r["persona_id"] == persona]
-    return chosen, records
+def best_on_val(val_records, test_records, metric, arms):
+    """Per persona, the arm with the best val score (ties: the earlier arm), and its test records."""
+    chosen = {}
+    for arm in arms:
+        for persona, m in aggregate_per_persona(val_records.get(arm, [])).items():
+            score = m.get(metric)
+            if score is not None and (persona not in chosen or score > chosen[persona][1]):
+                chosen[persona] = (arm, score)
+    choice = {p: arm for p, (arm, _) in sorted(chosen.items())}
+    records = [r for p, arm in choice.items() for r in test_records[arm] if r["persona_id"] == p]
+    return choice, records
 
 
-def comparison_rows(arm_metrics, per_persona, cfg):
-    rows = []
-    for arm, metrics in arm_metrics.items():
-        row = {"arm": arm, **{k: metrics.get(k) for k in SUMMARY_COLUMNS}, "personas": metrics.get("personas")}
-        for ref in ("baseline", "lora_all"):
-            for metric in DELTA_METRICS:
-                if arm == ref or ref not in arm_metrics:
-                    continue
-                a = {p: m[arm].get(metric) for p, m in per_persona.items() if arm in m}
-                b = {p: m[ref].get(metric) for p, m in per_persona.items() if ref in m}
-                stats = paired_comparison(a, b, cfg["arms"]["n_bootstrap"], seed=0)
-                for key, value in stats.items():
-                    row[f"vs_{ref}:{metric}:{key}"] = value
-        rows.append(row)
-    return rows
-
-
-def fmt(value, digits=3):
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def markdown_table(rows, metric):
-    header = ("| arm | personas | turns | param F1 | device F1 | embedding sim | adherence | "
-              f"Δ {metric} vs baseline [95% CI] | helped / hurt | sign p | Δ {metric} vs lora_all [95% CI] |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        def delta(ref):
-            d = r.get(f"vs_{ref}:{metric}:macro_delta")
-            if d is None:
-                return "–"
-            return f"{d:+.3f} [{r[f'vs_{ref}:{metric}:ci_low']:+.3f}, {r[f'vs_{ref}:{metric}:ci_high']:+.3f}]"
-        helped = r.get(f"vs_baseline:{metric}:helped")
-        hh = "–" if helped is None else f"{helped:.0%} / {r[f'vs_baseline:{metric}:hurt']:.0%}"
-        p = r.get(f"vs_baseline:{metric}:sign_test_p")
-        lines.append(f"| {r['arm']} | {r['personas']} | {r['turns']} | {fmt(r['param_f1'])} | {fmt(r['device_f1'])} | "
-                     f"{fmt(r['embedding_similarity'])} | {fmt(r['adherence_precision'])} | {delta('baseline')} | {hh} | "
-                     f"{'–' if p is None else f'{p:.3g}'} | {delta('lora_all')} |")
-    return "\n".join(lines) + "\n"
-
-
-def evaluate_arms(cfg, arms, dialogs, splits, personas, availability, max_examples):
-    """({arm: test records}, {arm: val records}, test turns) for these personas."""
-    mine = {arm: ({p: f for p, f in found.items() if p in personas}, missing) for arm, (found, missing) in availability.items()}
-    shared = {}
-    if "lora_all" in arms:
-        shared[adapter_name("lora_all")] = cfg["arms"]["lora_all"]
-    if "lora_per_user" in arms:
-        shared.update({adapter_name("lora_per_user", p): f for p, f in mine["lora_per_user"][0].items()})
-    model, tokenizer = load_with_adapters(cfg, shared)
-    models = {"shared": (model, tokenizer, [a for a in arms if a != "lora_per_user_on_all"])}
-    if "lora_per_user_on_all" in arms and mine["lora_per_user_on_all"][0]:
-        on_all = {adapter_name("lora_per_user_on_all", p): f for p, f in mine["lora_per_user_on_all"][0].items()}
-        models["on_unified"] = (*load_with_adapters(cfg, on_all, merge=cfg["arms"]["lora_all"]), ["lora_per_user_on_all"])
-    embedder = load_embedder(cfg["evaluation"]["embedding_model"])
-    scorer = TurnScorer(embedder)
-    retriever = make_retriever(embedder, dialogs, splits, cfg["arms"]["retrieved_history"]) if "retrieval" in arms else None
-    run = lambda split: evaluate_split(split, arms, cfg, dialogs, splits, personas, models, mine,  # noqa: E731
-                                       scorer, retriever, max_examples)
-    test_records, turns = run("test")
-    val_records = run("val")[0] if cfg["arms"]["best_on_val"] and len(arms) > 1 else {}
-    return test_records, val_records, len(turns)
-
-
-def gather(state, out, part):
-    """Every process's records merged on the main process (None elsewhere), through files in `out`."""
-    if state is None:
-        return part
-    write_json(out / f".records.rank{state.process_index}.json", part)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    merged = {"test": {}, "val": {}, "turns": 0}
-    for rank in range(state.num_processes):
-        path = out / f".records.rank{rank}.json"
-        piece = read_json(path)
-        path.unlink()
-        merged["turns"] += piece["turns"]
-        for split in ("test", "val"):
-            for arm, records in piece[split].items():
-                merged[split].setdefault(arm, []).extend(records)
-    return merged
+def prompt_mismatches(cfg, availability):
+    """Warnings for adapters trained with other prompt settings than this evaluation's."""
+    wanted = {k: cfg["prompt"][k] for k in PROMPT_KEYS}
+    differing = {}
+    for arm, found in availability.items():
+        for persona, folder in found.found.items():
+            trained = read_json(Path(folder) / "train_log.json").get("prompt")
+            if trained is None:
+                continue
+            for key in PROMPT_KEYS:
+                if key in trained and trained[key] != wanted[key]:
+                    differing.setdefault((key, json.dumps(trained[key])), []).append(str(folder))
+    return [f"warning: {len(folders)} adapter(s) trained with prompt.{key}={value}, evaluated with "
+            f"{json.dumps(wanted[key])}: {', '.join(sorted(set(folders))[:3])}{', ...' if len(set(folders)) > 3 else ''}"
+            for (key, value), folders in differing.items()]
 
 
 def main():
@@ -218,83 +98,82 @@ def main():
     parser.add_argument("--output_dir", default="results/lora")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on turns per split (default: config)")
     args = parser.parse_args()
-    cfg = load_config(args.config)
     t0 = time.perf_counter()
-    dialogs = load_dialogs(cfg["data"]["dialogs"])
-    splits = load_splits(cfg["data"]["splits"])
-    personas = [p.strip() for p in args.personas.split(",")] if args.personas else sorted(splits["per_persona"])
-    split_indices(splits, "test", personas)  # validates the persona ids
-    max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
-    arms = list(cfg["arms"]["names"])
-    unknown = [a for a in arms if a not in PROMPT_ARMS + ADAPTER_ARMS]
-    if unknown:
-        raise UserError(f"{cfg['_source']}: arms.names has unknown arm(s) {unknown}; known: {PROMPT_ARMS + ADAPTER_ARMS}")
 
-    availability = {arm: adapter_folders(arm, cfg, personas) for arm in ADAPTER_ARMS if arm in arms}
-    if "lora_per_user_on_all" in availability and not is_complete(cfg["arms"]["lora_all"]):
-        availability["lora_per_user_on_all"] = ({}, list(personas))
+    # ---- load
+    cfg = load_config(args.config)
+    dialogs = load_dialogs(cfg["data"]["dialogs"])
+    splits = load_splits(cfg["data"]["splits"], dialogs)
+    personas = choose_personas(splits, args.personas)
+    max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
+    metric = cfg["arms"]["primary_metric"]
     state = distributed_state()
-    if state is None or state.is_main_process:
-        for arm, (found, missing) in availability.items():
-            if missing:
-                print(f"warning: {arm}: no adapter for {len(missing)} of {len(personas)} personas "
-                      f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); evaluated on the others")
-    arms = [a for a in arms if a in PROMPT_ARMS or availability[a][0]]
+    main_process = state is None or state.is_main_process
+    availability = find_adapters(cfg, cfg["arms"]["names"], personas)
+    if main_process:
+        for arm, found in availability.items():
+            if found.missing:
+                print(f"warning: {arm}: no adapter for {len(found.missing)} of {len(personas)} personas "
+                      f"({', '.join(found.missing[:5])}{', ...' if len(found.missing) > 5 else ''}); evaluated on the others")
+        for line in prompt_mismatches(cfg, availability):
+            print(line)
+    arms = [a for a in cfg["arms"]["names"] if a not in ADAPTER_ARMS or availability[a].found]
     mine = personas
     if state is not None:
         with state.split_between_processes(personas) as shard:
             mine = list(shard)
         print(f"process {state.process_index}/{state.num_processes}: {len(mine)} persona(s)")
+    for found in availability.values():
+        found.found = {p: f for p, f in found.found.items() if p in mine}
+    embedder = load_embedder(cfg["evaluation"]["embedding_model"])
+    retriever = (make_retriever(embedder, dialogs, splits, cfg["prompt"]["retrieved_history"])
+                 if any(arm_prompt(a, cfg["prompt"])["retrieval"] for a in arms) else None)
+    ev = Evaluation(cfg, dialogs, splits, load_model_groups(cfg, arms, availability), TurnScorer(embedder), retriever)
 
-    out = Path(args.output_dir)
-    test_records, val_records, n_turns = evaluate_arms(cfg, arms, dialogs, splits, mine, availability, max_examples)
-    merged = gather(state, out, {"test": test_records, "val": val_records, "turns": n_turns})
-    if merged is None:
+    # ---- evaluate
+    test = evaluate_split(ev, "test", arms, mine, max_examples)
+    val = evaluate_split(ev, "val", arms, mine, max_examples) if cfg["arms"]["best_on_val"] and len(arms) > 1 else {}
+    gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
+                                   for arm, rs in recs.items() for r in rs])
+    if gathered is None:
         return 0
-    test_records, val_records, n_turns = merged["test"], merged["val"], merged["turns"]
-    metric = cfg["arms"]["primary_metric"]
-    val_metrics, chosen = {}, {}
-    if val_records:
-        val_per_persona = {}
-        for arm, recs in val_records.items():
-            val_metrics[arm] = aggregate(recs)
-            for persona, m in aggregate_per_persona(recs).items():
-                val_per_persona.setdefault(persona, {})[arm] = m
-        chosen, test_records["best_on_val"] = best_on_val(val_per_persona, test_records, metric, arms)
+    test, val = {}, {}
+    for split, arm, record in gathered:
+        (test if split == "test" else val).setdefault(arm, []).append(record)
+    test = {arm: test[arm] for arm in arms if arm in test}
 
-    arm_metrics = {arm: aggregate(recs) for arm, recs in test_records.items()}
-    per_persona = {}
-    for arm, recs in test_records.items():
-        for persona, m in aggregate_per_persona(recs).items():
-            per_persona.setdefault(persona, {})[arm] = m
-    rows = comparison_rows(arm_metrics, per_persona, cfg)
+    # ---- summarize
+    choice = {}
+    if val:
+        choice, test["best_on_val"] = best_on_val(val, test, metric, arms)
+    n_turns = len({(r["dialog_index"], r["turn_index"]) for records in test.values() for r in records})
+    frame = persona_frame(test)
+    arm_table = arm_frame(test)
+    table = comparison_table(frame, arm_table, REFERENCE_ARMS, DELTA_METRICS, cfg["arms"]["n_bootstrap"])
+    markdown = markdown_table(table, metric)
 
+    # ---- write
+    out = Path(args.output_dir)
     write_json(out / "arm_metrics.json", {
-        "config_file": cfg["_source"], "split": "test", "turns": n_turns, "primary_metric": metric,
-        "arms": arm_metrics, "val_arms": val_metrics, "best_on_val_choice": chosen,
-        "missing_adapters": {arm: missing for arm, (_, missing) in availability.items() if missing},
+        "config_file": cfg["_source"], "split": "test", "primary_metric": metric,
+        "turns": n_turns,
+        "arms": json.loads(arm_table.to_json(orient="index")),
+        "val_arms": json.loads(arm_frame(val).to_json(orient="index")) if val else {},
+        "best_on_val_choice": choice,
+        "missing_adapters": {arm: found.missing for arm, found in availability.items() if found.missing},
+        "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>")) for arm in availability},
         "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
-    long_rows = []
-    for persona, by_arm in sorted(per_persona.items()):
-        for arm, m in by_arm.items():
-            row = {"persona_id": persona, "arm": arm, **{k: m.get(k) for k in SUMMARY_COLUMNS}}
-            for ref in ("baseline", "lora_all"):
-                for dm in DELTA_METRICS:
-                    ok = ref in by_arm and m.get(dm) is not None and by_arm[ref].get(dm) is not None
-                    row[f"delta_vs_{ref}_{dm}"] = m[dm] - by_arm[ref][dm] if ok else None
-            long_rows.append(row)
-    write_csv(out / "per_persona.csv", long_rows)
-    write_csv(out / "comparison.csv", rows)
-    table = markdown_table(rows, metric)
-    write_text_atomic(out / "comparison.md", table)
-    plots = [delta_histograms(per_persona, list(arm_metrics), metric, out / "delta_histograms.png"),
-             arm_comparison(arm_metrics, ["param_f1", "device_f1", "embedding_similarity"], out / "arm_comparison.png")]
-    if "lora_all" in arm_metrics and ({"lora_per_user", "lora_per_user_on_all"} & set(arm_metrics)):
-        plots.append(per_user_vs_unified(per_persona, metric, out / "per_user_vs_unified.png"))
+    write_csv(out / "per_persona.csv", with_deltas(frame, REFERENCE_ARMS, DELTA_METRICS).to_dict("records"))
+    write_csv(out / "comparison.csv", table.to_dict("records"))
+    write_text_atomic(out / "comparison.md", markdown)
+    plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
+             arm_comparison(arm_table, ["param_f1", "device_f1", "embedding_similarity"], out / "arm_comparison.png")]
+    if "lora_all" in arm_table.index and {"lora_per_user", "lora_per_user_on_all"} & set(arm_table.index):
+        plots.append(per_user_vs_unified(frame, metric, out / "per_user_vs_unified.png"))
     print()
-    print(table)
-    print(f"{n_turns} test turns, {len(per_persona)} personas, {time.perf_counter() - t0:.0f} s; "
-          f"wrote {out}/arm_metrics.json, per_persona.csv, comparison.csv, comparison.md")
+    print(markdown)
+    print(f"{n_turns} test turns, {frame['persona_id'].nunique()} personas, "
+          f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, comparison.csv, comparison.md")
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
 

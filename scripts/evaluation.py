@@ -12,31 +12,27 @@ from collections import defaultdict
 import numpy as np
 
 from scripts.action_metrics import ActionExtractor, ActionMetrics, aggregate_adherence, routine_adherence
-from scripts.data_io import UserError
 from scripts.prompting import HistoryRetriever, build_turn_messages, render_prompt
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "embedding_similarity", "pred_words", "ref_words")
+PERSONA_METRICS = ("param_f1", "param_precision", "param_recall", "device_f1", "device_precision", "device_recall",
+                   "numerical_exact", "numerical_within1", "categorical_accuracy", "adherence_precision",
+                   "adherence_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL")
 
 
-def split_indices(splits, split, personas=None):
-    """Dialogue indices of a split, persona by persona, optionally for some personas only."""
-    per_persona = splits["per_persona"]
-    if personas:
-        unknown = [p for p in personas if p not in per_persona]
-        if unknown:
-            raise UserError(f"unknown persona(s) {', '.join(unknown)}; the splits have {', '.join(sorted(per_persona)[:5])}, ...")
-    chosen = personas or sorted(per_persona)
-    return [i for p in chosen for i in per_persona[p][split]]
+def collect_turns(dialogs, indices_by_persona, max_examples=None):
+    """Every assistant turn of the given dialogues ({persona: indices}), in order, capped at max_examples.
 
-
-def collect_turns(dialogs, indices, max_examples=None):
-    """Every assistant turn of the given dialogues, in order, capped at max_examples."""
+    Turns carry the split file's persona name, which need not be the dialogues file's.
+    """
     turns = []
-    for index in indices:
-        dialog = dialogs[index]
-        for t, message in enumerate(dialog["messages"]):
-            if message["role"] == "assistant":
-                turns.append({"persona_id": dialog["persona_id"], "dialog_index": index,
+    for persona, indices in indices_by_persona.items():
+        for index in indices:
+            dialog = dialogs[index]
+            for t, message in enumerate(dialog["messages"]):
+                if message["role"] != "assistant":
+                    continue
+                turns.append({"persona_id": persona, "dialog_index": index,
                               "session_id": dialog["session_id"], "turn_index": t, "reference": message["text"]})
                 if max_examples and len(turns) >= max_examples:
                     return turns
@@ -46,9 +42,9 @@ def collect_turns(dialogs, indices, max_examples=None):
 def build_prompts(tokenizer, dialogs, turns, prompt_cfg, retriever=None):
     """Rendered prompts for the turns, with retrieved history when the config asks for it."""
     retrieved = [()] * len(turns)
-    if prompt_cfg["retrieved_history"] > 0:
+    if prompt_cfg["retrieval"]:
         if retriever is None:
-            raise ValueError("retrieved_history > 0 needs a HistoryRetriever")
+            raise ValueError("a retrieval prompt needs a HistoryRetriever")
         queries = [(t["persona_id"], dialogs[t["dialog_index"]]["messages"][:t["turn_index"]], t["dialog_index"])
                    for t in turns]
         retrieved = retriever.retrieve_many(queries)
@@ -57,8 +53,7 @@ def build_prompts(tokenizer, dialogs, turns, prompt_cfg, retriever=None):
 
 
 def make_retriever(embedder, dialogs, splits, k):
-    train = {p: v["train"] for p, v in splits["per_persona"].items()}
-    return HistoryRetriever(embedder, dialogs, train, k)
+    return HistoryRetriever(embedder, dialogs, {p: v["train"] for p, v in splits.items()}, k)
 
 
 class TurnScorer:

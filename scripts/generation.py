@@ -11,12 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 
-def stop_token_ids(tokenizer):
-    ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return sorted(i for i in ids if i is not None)
+def stop_token_ids(model, tokenizer):
+    """The model's own end-of-turn tokens (its generation_config), else the tokenizer's eos."""
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return sorted(set(eos if isinstance(eos, list) else [eos]))
 
 
 def encode_prompts(tokenizer, prompts):
@@ -24,17 +24,15 @@ def encode_prompts(tokenizer, prompts):
     return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
 
-def left_padded_batch(tokenizer, id_lists, device):
-    width = max(len(ids) for ids in id_lists)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in id_lists], device=device)
-    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in id_lists], device=device)
-    return input_ids, attention
+def padded_batch(tokenizer, id_lists, device):
+    """(input_ids, attention_mask) of token id lists, padded on the tokenizer's side (left for generation)."""
+    batch = tokenizer.pad({"input_ids": id_lists}, padding=True, return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
-def generation_kwargs(tokenizer, gen_cfg):
+def generation_kwargs(model, tokenizer, gen_cfg):
     kwargs = {"max_new_tokens": gen_cfg["max_new_tokens"], "do_sample": gen_cfg["do_sample"],
-              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(tokenizer)}
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(model, tokenizer)}
     if gen_cfg["do_sample"]:
         kwargs.update(temperature=gen_cfg["temperature"], top_p=gen_cfg["top_p"])
     else:  # silence the model's own sampling defaults
@@ -65,7 +63,7 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
         order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
     else:  # one adapter's rows together: most batches need one adapter, only boundary batches mix
         order = sorted(range(len(prompts)), key=lambda i: (adapter_names[i], -len(ids[i])))
-    kwargs = generation_kwargs(tokenizer, gen_cfg)
+    kwargs = generation_kwargs(model, tokenizer, gen_cfg)
     device = next(model.parameters()).device
     if gen_cfg["do_sample"]:
         torch.manual_seed(gen_cfg["seed"])
@@ -73,7 +71,7 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
     bar = tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        input_ids, attention = left_padded_batch(tokenizer, [ids[i] for i in rows], device)
+        input_ids, attention = padded_batch(tokenizer, [ids[i] for i in rows], device)
         out = _generate(model, input_ids, attention, kwargs, [adapter_names[i] for i in rows] if adapter_names else None)
         for row, tokens in zip(rows, out[:, input_ids.shape[1]:]):
             replies[row] = tokenizer.decode(tokens, skip_special_tokens=True).strip()

@@ -5,7 +5,7 @@
 
 Writes baseline_results.json (config, metrics, counts, model, device, timings),
 per_persona_results.json, per_persona_summary.csv and sample_outputs.jsonl to --output_dir.
-The config's prompt switches (include_character, retrieved_history) give the prompt arms.
+The config's prompt switches (include_character, retrieval) give the prompt arms.
 """
 
 import argparse
@@ -13,15 +13,12 @@ import time
 from pathlib import Path
 
 from scripts.config import load_config
-from scripts.data_io import load_dialogs, load_splits, run_cli, write_csv, write_json, write_jsonl
+from scripts.data_io import load_dialogs, run_cli, write_csv, write_json, write_jsonl
 from scripts.evaluation import (TurnScorer, aggregate, aggregate_per_persona, build_prompts, collect_turns,
-                                format_metrics, make_retriever, sample_record, split_indices, summary_rows)
+                                format_metrics, make_retriever, sample_record, summary_rows)
 from scripts.generation import generate_texts
 from scripts.modeling import load_embedder, load_model_and_tokenizer
-
-
-def parse_personas(text):
-    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+from scripts.splits import choose_personas, load_splits, split_indices
 
 
 def main():
@@ -36,8 +33,8 @@ def main():
     timings, t0 = {}, time.perf_counter()
 
     dialogs = load_dialogs(cfg["data"]["dialogs"])
-    splits = load_splits(cfg["data"]["splits"])
-    indices = split_indices(splits, cfg["data"]["split"], parse_personas(args.personas))
+    splits = load_splits(cfg["data"]["splits"], dialogs)
+    indices = split_indices(splits, cfg["data"]["split"], choose_personas(splits, args.personas))
     turns = collect_turns(dialogs, indices, max_examples)
     print(f"{len(turns)} assistant turns from {len({t['dialog_index'] for t in turns})} {cfg['data']['split']} dialogues")
 

@@ -5,7 +5,7 @@ import pytest
 
 from scripts.action_metrics import (ActionExtractor, ActionMetrics, aggregate_adherence, prescribed_settings,
                                     routine_adherence)
-from scripts.make_demo_data import generate
+from scripts.demo_data import generate
 from scripts.schema import active_actions
 
 LABELS = Path(__file__).parent / "data" / "labelled_actions.json"

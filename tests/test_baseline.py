@@ -7,8 +7,8 @@ from conftest import BagOfWordsEmbedder, run_script
 
 from scripts.config import SCHEMA, defaults, load_config
 from scripts.data_io import UserError
-from scripts.evaluation import TurnScorer, aggregate, build_prompts, collect_turns, make_retriever, split_indices
-from scripts.generation import encode_prompts, generate_texts, generation_kwargs, left_padded_batch
+from scripts.evaluation import TurnScorer, aggregate, build_prompts, collect_turns, make_retriever
+from scripts.generation import encode_prompts, generate_texts, generation_kwargs, padded_batch
 from scripts.modeling import load_model_and_tokenizer
 from scripts.prompting import CHARACTER_HEADER, RETRIEVED_HEADER, build_turn_messages, render_prompt
 
@@ -36,6 +36,12 @@ def test_config_defaults_and_overrides(tmp_path):
     ({"generaton": {}}, "unknown section 'generaton'"),
     ({"generation": {"max_new_tokens": "12"}}, "generation.max_new_tokens must be integer"),
     ({"prompt": {"retrieved_history": True}}, "prompt.retrieved_history must be integer"),
+    ({"prompt": {"retrieved_history": 0}}, "prompt.retrieved_history must be >= 1, got 0"),
+    ({"training": {"learning_rate": 0}}, "training.learning_rate must be > 0, got 0"),
+    ({"lora": {"target_modules": []}}, "lora.target_modules must be a non-empty list"),
+    ({"arms": {"primary_metric": "parm_f1"}}, "arms.primary_metric is not a metric; known: param_f1"),
+    ({"arms": {"names": ["baseline", "lora_everyone"]}}, "arms.names has unknown arm"),
+    ({"arms": {"lora_all": "models/x"}}, "unknown key arms.lora_all"),
     ({"model": {"device": "gpu"}}, "model.device must be one of"),
 ])
 def test_config_errors_name_file_and_key(tmp_path, raw, message):
@@ -81,7 +87,7 @@ def test_character_and_retrieval_switches():
 def test_retrieval_uses_same_persona_train_dialogues_only(demo_files):
     dialogs, splits = demo_files["dialogs"], demo_files["splits"]
     retriever = make_retriever(BagOfWordsEmbedder(), dialogs, splits, k=2)
-    train_0 = splits["per_persona"]["persona_000"]["train"]
+    train_0 = splits["persona_000"]["train"]
     target = dialogs[train_0[3]]
     (got,) = retriever.retrieve_many([("persona_000", target["messages"], None)])
     assert got[0] is target  # a dialogue is most similar to itself ...
@@ -91,17 +97,18 @@ def test_retrieval_uses_same_persona_train_dialogues_only(demo_files):
 
 
 # ------------------------------------------------------------ batched generation
-def test_left_padded_batch_matches_one_by_one_logits(tiny_model):
+def test_padded_batch_matches_one_by_one_logits(tiny_model):
     model, tokenizer = tiny_model
     cfg = {**defaults()["prompt"], "system_template": "You are a home assistant."}
     prompts = [render_prompt(tokenizer, build_turn_messages(DIALOG, t, cfg)) for t in (1, 3, 5)]
     gen = {**defaults()["generation"], "max_new_tokens": 3}
-    kwargs = generation_kwargs(tokenizer, gen)
+    kwargs = generation_kwargs(model, tokenizer, gen)
     ids = encode_prompts(tokenizer, prompts)
     assert len({len(i) for i in ids}) == 3  # really padded
 
     def first_logits(id_lists):
-        input_ids, attention = left_padded_batch(tokenizer, id_lists, "cpu")
+        input_ids, attention = padded_batch(tokenizer, id_lists, "cpu")
+        assert (attention[:, -1] == 1).all()  # left padding: every row's last prompt token lines up
         out = model.generate(input_ids=input_ids, attention_mask=attention, output_logits=True,
                              return_dict_in_generate=True, **kwargs)
         return torch.stack(out.logits, dim=1)  # (batch, steps, vocab)
@@ -125,20 +132,21 @@ def test_generation_returns_replies_in_prompt_order(tiny_model):
 # ------------------------------------------------------------ turns and aggregation
 def test_collect_turns_every_assistant_turn(demo_files):
     dialogs, splits = demo_files["dialogs"], demo_files["splits"]
-    indices = split_indices(splits, "test", ["persona_001"])
-    turns = collect_turns(dialogs, indices)
+    indices = splits["persona_001"]["test"]
+    turns = collect_turns(dialogs, {"persona_001": indices})
     assert len(turns) == sum(m["role"] == "assistant" for i in indices for m in dialogs[i]["messages"])
     assert all(dialogs[t["dialog_index"]]["messages"][t["turn_index"]]["text"] == t["reference"] for t in turns)
-    assert len(collect_turns(dialogs, indices, max_examples=3)) == 3
-    with pytest.raises(UserError, match="unknown persona"):
-        split_indices(splits, "test", ["persona_999"])
+    assert {t["persona_id"] for t in turns} == {"persona_001"}
+    assert len(collect_turns(dialogs, {"persona_001": indices}, max_examples=3)) == 3
+    renamed = collect_turns(dialogs, {"user_1": indices})  # another tool's split may name personas its own way
+    assert [t["persona_id"] for t in renamed] == ["user_1"] * len(turns)
 
 
 def test_scoring_and_aggregation_by_hand():
     dialog = {**DIALOG, "meta": {"time_of_day": "evening"}, "applied_routines": [0],
               "routines": [{"triggers": {"time_of_day": "evening"},
                             "actions": {"lights": {"brightness": 50, "color": "warm"}, "ac": {"temperature": 21}}}]}
-    turns = collect_turns([dialog], [0])
+    turns = collect_turns([dialog], {DIALOG["persona_id"]: [0]})
     predictions = ["Lights at 50%.", "Lights at 40%.", "AC at 22 degrees."]
     turns = [turns[0], {**turns[0], "reference": "Lights at 50%.", "turn_index": 3}, turns[2]]
     records = TurnScorer(BagOfWordsEmbedder()).score([dialog], turns, predictions)
@@ -160,7 +168,7 @@ def test_baseline_cli_writes_all_outputs(tiny_model_dir, demo_files, tmp_path):
     config = _write(tmp_path, {
         "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
-        "prompt": {"include_character": True, "retrieved_history": 1},
+        "prompt": {"include_character": True, "retrieval": True, "retrieved_history": 1},
         "generation": {"max_new_tokens": 4, "batch_size": 4},
         "evaluation": {"sample_outputs": 5}})
     out = tmp_path / "results"

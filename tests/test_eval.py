@@ -6,9 +6,9 @@ import torch
 from conftest import run_script
 
 from scripts.config import defaults
-from scripts.generation import encode_prompts, generation_kwargs, left_padded_batch
+from scripts.generation import encode_prompts, generation_kwargs, padded_batch
 from scripts.prompting import build_turn_messages, render_prompt
-from scripts.statistics import bootstrap_ci, paired_comparison, sign_test_p
+from scripts.study_stats import bootstrap_ci, paired_comparison, sign_test_p
 
 
 # ------------------------------------------------------------ statistics by hand
@@ -40,12 +40,12 @@ def _random_adapter(model, name, seed):
     model.add_adapter(name, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
 
-def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_model_dir):
+def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_arch_dir):
     from peft import LoraConfig, get_peft_model
 
     from scripts.modeling import load_model_and_tokenizer
 
-    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
     torch.manual_seed(1)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False), adapter_name="p1")
@@ -56,11 +56,11 @@ def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_model_dir):
                            {"role": "user", "text": "And the TV volume to 12."}]}
     prompts = [render_prompt(tokenizer, build_turn_messages(dialog, t, cfg)) for t in (1, 3, 3)]
     ids = encode_prompts(tokenizer, prompts)
-    kwargs = {**generation_kwargs(tokenizer, {**defaults()["generation"], "max_new_tokens": 2}),
+    kwargs = {**generation_kwargs(model, tokenizer, {**defaults()["generation"], "max_new_tokens": 2}),
               "output_logits": True, "return_dict_in_generate": True}
 
     def logits(id_lists, names):
-        input_ids, attention = left_padded_batch(tokenizer, id_lists, "cpu")
+        input_ids, attention = padded_batch(tokenizer, id_lists, "cpu")
         with torch.no_grad():
             out = peft_model.generate(input_ids=input_ids, attention_mask=attention, adapter_names=names, **kwargs)
         return out.logits[0]
@@ -76,8 +76,8 @@ def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_model_dir):
 def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, demo_files, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from scripts.adapters import save_adapter
     from scripts.modeling import load_model_and_tokenizer
-    from scripts.train_lora_per_user import save_adapter
 
     models = tmp_path / "models"
     model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
@@ -93,8 +93,9 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
         "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
         "generation": {"max_new_tokens": 3, "batch_size": 8},
-        "arms": {"lora_all": str(models / "lora_all"), "lora_per_user": str(models / "per_user"),
-                 "lora_per_user_on_all": str(models / "on_all"), "n_bootstrap": 200}}))
+        "adapters": {"lora_all": str(models / "lora_all"), "lora_per_user": str(models / "per_user"),
+                     "lora_per_user_on_all": str(models / "on_all")},
+        "arms": {"n_bootstrap": 200}}))
     out = tmp_path / "results"
     result = run_script("eval_lora.py", "--config", config, "--output_dir", out)
     assert result.returncode == 0, result.stderr
@@ -114,7 +115,9 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     comparison = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["arm"] for r in comparison][0] == "baseline"
     assert "vs_baseline:param_f1:sign_test_p" in comparison[1]
-    table = (out / "comparison.md").read_text()
-    assert table.startswith("| arm |") and "| lora_per_user | 2 |" in table
+    lines = (out / "comparison.md").read_text().splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0][:3] == ["arm", "personas", "turns"]
+    assert ["lora_per_user", "2"] in [row[:2] for row in cells[2:]]
     for png in ("delta_histograms.png", "arm_comparison.png", "per_user_vs_unified.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
