@@ -29,18 +29,20 @@ Metrics (`ActionMetrics`)
   counts as right only with the right value;
 - numerical: over (device, param) pairs present in both with integer values: exact share,
   within-±1 share (as the earlier attempt counted) and mean absolute error;
-- categorical: over pairs present in both with category/bool values: share equal.
+- categorical: over pairs present in both with category/bool values: share equal;
+- coverage: numerical_coverage / categorical_coverage = those pairs / the reference's pairs of that kind.
 A ratio whose denominator is 0 is None (undefined), never 0. `macro(counts_by_group)` averages the
 per-group (per-persona) figures over the groups where they are defined.
 
-Routine adherence
------------------
-`routine_adherence(actions, meta, routines, applied_routines)` scores a reply's settings against
-what the applied routine prescribes (the routines in applied_routines whose triggers match meta;
-all applied ones if none match). For the devices of the reply that the routine sets:
-`adherence_precision` = stated values equal to the routine's / stated values;
-`adherence_coverage` = routine values stated correctly / routine values for those devices.
-Spontaneous sessions (no applied routine) return None and are excluded.
+Given and private values
+------------------------
+`compare_actions(pred, ref, given)` also splits the parameter counts by whether a triple's value
+was stated by the user earlier in the dialogue (`given`: echoing can score there) or not
+(`private`: only knowing the user can): param_given_* and param_private_* precision/recall/F1.
+Numerical and categorical accuracy come with their coverage: the share of the reference's
+numeric (categorical) pairs that the prediction states at all.
+
+Routine knowledge, the study's primary metric, is session-level: scripts/routine_knowledge.py.
 """
 
 import re
@@ -65,7 +67,7 @@ CUE = re.compile(
     r"brighten\w*|raise|lower|lowering|increase\w*|decrease\w*|reduce|boost|crank|bump|play|playing|put|"
     r"make|start|activate\w*|deactivate\w*|enable\w*|disable\w*|arm|armed|disarm\w*|mute|unmute|keep|tune|"
     r"could you|can you|would you|will you|please|i'd like|i would like|i want|i need|let's|how about|"
-    r"go with|what|which|done|now|has been|have been|i've|i'll|you'd like|okay|ok|"
+    r"go with|what|which|done|now|has been|have been|i've|i'll|you'd like|do you|shall i|should i|okay|ok|"
     r"too (?:loud|quiet|bright|dim|dark|hot|cold|warm|harsh|chilly|cool))\b")
 PRONOUN_OBJECT = re.compile(r"\b(?:set|turn|switch|adjust|dim|brighten|raise|lower|change|make|keep|put|crank|bump|"
                             r"boost|increase|decrease|reduce|tweak)\s+(?:it|them|'em)\b")
@@ -90,7 +92,15 @@ COLOR = re.compile(r"\b(?P<v>warm|warmer|cool|cooler|neutral)(?:\s+white)?\s+(?:
 COLOR_SCOPED = re.compile(r"\b(?:to|at|on|in|(?:make|keep|set|turn)\s+(?:it|them|'em))\s+(?:a\s+)?(?P<v>warm|warmer|cool|cooler|neutral)\b(?!\s+mode)")
 EQUALIZER = [(r"\bbass[\s-]*boost(?:ed)?\b", "bass boost"), (r"\btreble[\s-]*boost(?:ed)?\b", "treble boost")]
 BALANCED = re.compile(r"\bbalanced\b")
-ARM = re.compile(r"\b(?P<dis>dis)?arm(?:ed|ing)?\b")
+ARM = re.compile(r"\b(?P<dis>dis)?arm(?:ed|ing)?\b(?!\s+(?:mode|status|state|setting|option|preference|level)s?\b)")
+_CHOICE_WORDS = sorted({v.lower() for params in DEVICES.values() for spec in params.values() if spec[0] == "cat"
+                        for v in spec[1]} | {"armed", "disarmed", "arm", "disarm", "cooling", "heating", "warmer",
+                                              "cooler", "on", "off"}, key=len, reverse=True)
+_CHOICE = r"(?:" + "|".join(re.escape(w) for w in _CHOICE_WORDS) + r")"
+_NUMBER_CHOICE = r"\d{1,3}\s*(?:%|percent|degrees?)?"
+ALTERNATIVES = re.compile(  # "warm or cool?", "armed or disarmed?", "20, 30 or 40?": asked, not stated
+    r"\b" + _CHOICE + r"(?:\s*,\s*" + _CHOICE + r")*\s*,?\s+or\s+" + _CHOICE + r"\b"
+    r"|(?<![\w.])" + _NUMBER_CHOICE + r"(?:\s*,\s*" + _NUMBER_CHOICE + r")*\s*,?\s+or\s+" + _NUMBER_CHOICE)
 ONOFF_SECURITY = re.compile(r"\b(?P<on>activate|enable|turn on|switch on)\b|\b(?P<off>deactivate|disable|turn off|switch off)\b")
 
 
@@ -205,6 +215,8 @@ class ActionExtractor:
     # ------------------------------------------------------------ values
     def _find_values(self, s, state):
         t = s.text
+        if t.rstrip().endswith("?"):
+            s.taken.extend(m.span() for m in ALTERNATIVES.finditer(t))
         for m in re.finditer(r"\balarm\s+volume\b" + CONNECT + r"\s*" + NUMBER + r"(?![\w'])", t):
             s.add(m, "alarm_volume", int(m.group("n")), ["security"])
         for regex in (KEYWORD_NUMBER, NUMBER_KEYWORD):
@@ -288,21 +300,32 @@ def _is_number(v):
 
 
 COUNT_KEYS = ("device_tp", "device_fp", "device_fn", "param_tp", "param_fp", "param_fn",
-              "num_n", "num_exact", "num_within1", "num_abs_err", "cat_n", "cat_correct")
+              "param_given_tp", "param_given_fp", "param_given_fn", "param_private_tp", "param_private_fp",
+              "param_private_fn", "num_n", "num_ref", "num_exact", "num_within1", "num_abs_err",
+              "cat_n", "cat_ref", "cat_correct")
+
+
+def _triples(actions):
+    return {(d, p, v) for d, ps in actions.items() for p, v in ps.items()}
 
 
 class ActionMetrics:
     """Turn-level counts and their micro/macro aggregation (definitions in the module docstring)."""
 
     @staticmethod
-    def compare_actions(pred, ref):
+    def compare_actions(pred, ref, given=frozenset()):
+        """Counts for one turn; `given`: the (device, param, value) triples the user stated earlier."""
         dp, dr = set(pred), set(ref)
-        tp_items = {(d, p, v) for d, ps in pred.items() for p, v in ps.items()}
-        ref_items = {(d, p, v) for d, ps in ref.items() for p, v in ps.items()}
+        pred_items, ref_items = _triples(pred), _triples(ref)
         counts = dict.fromkeys(COUNT_KEYS, 0)
-        counts.update(device_tp=len(dp & dr), device_fp=len(dp - dr), device_fn=len(dr - dp),
-                      param_tp=len(tp_items & ref_items), param_fp=len(tp_items - ref_items),
-                      param_fn=len(ref_items - tp_items))
+        counts.update(device_tp=len(dp & dr), device_fp=len(dp - dr), device_fn=len(dr - dp))
+        for kind, keep in (("param", lambda t: True), ("param_given", lambda t: t in given),
+                           ("param_private", lambda t: t not in given)):
+            p = {t for t in pred_items if keep(t)}
+            r = {t for t in ref_items if keep(t)}
+            counts.update({f"{kind}_tp": len(p & r), f"{kind}_fp": len(p - r), f"{kind}_fn": len(r - p)})
+        for device, param, value in ref_items:
+            counts["num_ref" if _is_number(value) else "cat_ref"] += 1
         for device in dp & dr:
             for param in set(pred[device]) & set(ref[device]):
                 a, b = pred[device][param], ref[device][param]
@@ -329,7 +352,7 @@ class ActionMetrics:
         """Micro figures over a run: sum the counts, then divide."""
         c = cls.sum_counts(counts_list)
         out = {}
-        for kind in ("device", "param"):
+        for kind in ("device", "param", "param_given", "param_private"):
             p = _ratio(c[f"{kind}_tp"], c[f"{kind}_tp"] + c[f"{kind}_fp"])
             r = _ratio(c[f"{kind}_tp"], c[f"{kind}_tp"] + c[f"{kind}_fn"])
             f1 = _f1(c[f"{kind}_tp"], c[f"{kind}_fp"], c[f"{kind}_fn"])
@@ -337,7 +360,9 @@ class ActionMetrics:
         out["numerical_exact"] = _ratio(c["num_exact"], c["num_n"])
         out["numerical_within1"] = _ratio(c["num_within1"], c["num_n"])
         out["numerical_mae"] = _ratio(c["num_abs_err"], c["num_n"])
+        out["numerical_coverage"] = _ratio(c["num_n"], c["num_ref"])
         out["categorical_accuracy"] = _ratio(c["cat_correct"], c["cat_n"])
+        out["categorical_coverage"] = _ratio(c["cat_n"], c["cat_ref"])
         return out
 
     @classmethod
@@ -352,9 +377,6 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-ADHERENCE_KEYS = ("adh_stated", "adh_matched", "adh_prescribed")
-
-
 def prescribed_settings(meta, routines, applied_routines):
     """{device: {param: value}} the session's applied routine(s) prescribe, or None if spontaneous."""
     if not applied_routines:
@@ -366,32 +388,3 @@ def prescribed_settings(meta, routines, applied_routines):
         for device, params in active_actions(routine.get("actions")).items():
             prescribed.setdefault(device, {}).update(params)
     return prescribed
-
-
-def routine_adherence(actions, meta, routines, applied_routines):
-    """Counts {adh_stated, adh_matched, adh_prescribed} for one reply, or None for spontaneous sessions."""
-    prescribed = prescribed_settings(meta, routines, applied_routines)
-    if prescribed is None:
-        return None
-    counts = dict.fromkeys(ADHERENCE_KEYS, 0)
-    for device in set(actions) & set(prescribed):
-        stated, wanted = actions[device], prescribed[device]
-        counts["adh_stated"] += len(stated)
-        counts["adh_matched"] += sum(wanted.get(p) == v and p in wanted for p, v in stated.items())
-        counts["adh_prescribed"] += len(wanted)
-    return counts
-
-
-def aggregate_adherence(counts_list):
-    """Micro adherence over a run; turns of spontaneous sessions (None) are excluded."""
-    c = dict.fromkeys(ADHERENCE_KEYS, 0)
-    n = 0
-    for counts in counts_list:
-        if counts is None:
-            continue
-        n += 1
-        for key in ADHERENCE_KEYS:
-            c[key] += counts[key]
-    return {"adherence_precision": _ratio(c["adh_matched"], c["adh_stated"]),
-            "adherence_coverage": _ratio(c["adh_matched"], c["adh_prescribed"]),
-            "adherence_turns": n}

@@ -25,6 +25,7 @@ SYSTEM_TEMPLATE = (
 )
 
 PROMPT_ARMS = ("baseline", "character", "retrieval")
+POLICY_ARMS = ("silent", "echo", "oracle")  # reference replies that need no model (scripts/routine_knowledge.py)
 ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
 SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all"}
 
@@ -87,9 +88,9 @@ SCHEMA = {
         "lora_per_user_on_all": (str, "models/lora_per_user_on_all"),
     },
     "arms": {
-        "names": (list, list(PROMPT_ARMS + ADAPTER_ARMS)),
+        "names": (list, ["echo", "oracle", *PROMPT_ARMS, *ADAPTER_ARMS]),
         "best_on_val": (bool, True),
-        "primary_metric": (str, "param_f1"),
+        "primary_metric": (str, "routine_f1"),
         "n_bootstrap": (int, 2000),
     },
 }
@@ -162,9 +163,9 @@ def _list_problem(section, key, value):
     if len(set(value)) != len(value):
         return f"repeats a name: {value}"
     if (section, key) == ("arms", "names"):
-        unknown = [v for v in value if v not in PROMPT_ARMS + ADAPTER_ARMS]
+        unknown = [v for v in value if v not in POLICY_ARMS + PROMPT_ARMS + ADAPTER_ARMS]
         if unknown:
-            return f"has unknown arm(s) {unknown}; known: {list(PROMPT_ARMS + ADAPTER_ARMS)}"
+            return f"has unknown arm(s) {unknown}; known: {list(POLICY_ARMS + PROMPT_ARMS + ADAPTER_ARMS)}"
     return None
 
 

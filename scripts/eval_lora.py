@@ -2,8 +2,10 @@
 
     python scripts/eval_lora.py --config configs/lora_eval.json [--personas p1,p2] [--output_dir results/lora]
 
-Arms: baseline, character, retrieval (prompt-only), lora_all, lora_per_user, lora_per_user_on_all,
-and best_on_val (per persona, the arm with the best validation score, reported on test). All
+Arms: echo and oracle (reference replies with no model: what copying the user and perfect memory
+of the routine score on this data; silent too, on request), baseline, character, retrieval
+(prompt-only), lora_all, lora_per_user, lora_per_user_on_all, and best_on_val (per persona, the
+model arm with the best validation score, reported on test). All
 adapters sit in one PEFT model and each generation batch mixes personas and arms, each row with
 its own adapter (`adapter_names`), so 200 personas cost about what one adapter costs. Per-user
 adapters trained on top of the unified one are served by a second copy of the base model with the
@@ -22,16 +24,17 @@ from pathlib import Path
 
 from scripts.adapters import arm_folder
 from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
-from scripts.config import ADAPTER_ARMS, arm_prompt, load_config
+from scripts.config import ADAPTER_ARMS, POLICY_ARMS, arm_prompt, load_config
 from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
 from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
 from scripts.modeling import distributed_state, gather_rows, load_embedder
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
+from scripts.routine_knowledge import policy_reply
 from scripts.splits import choose_personas, load_splits, split_indices
 from scripts.tables import arm_frame, comparison_table, markdown_table, persona_frame, with_deltas
 
 REFERENCE_ARMS = ("baseline", "lora_all")
-DELTA_METRICS = ("param_f1", "embedding_similarity")
+PLOT_METRICS = ("routine_f1", "param_f1", "param_private_f1", "embedding_similarity")
 PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "retrieval")
 
 
@@ -50,6 +53,10 @@ def evaluate_split(ev, split, arms, personas, max_examples):
     """{arm: turn records} of one split for these personas."""
     turns = collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples)
     records = {}
+    for arm in [a for a in arms if a in POLICY_ARMS]:
+        replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
+                                ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0]) for t in turns]
+        records[arm] = ev.scorer.score(ev.dialogs, turns, replies)
     for group in ev.groups:
         rows = generation_rows(group, [a for a in arms if a in group.arms], turns)
         if not rows:
@@ -131,8 +138,10 @@ def main():
     ev = Evaluation(cfg, dialogs, splits, load_model_groups(cfg, arms, availability), TurnScorer(embedder), retriever)
 
     # ---- evaluate
+    model_arms = [a for a in arms if a not in POLICY_ARMS]  # best_on_val never picks a reference reply
     test = evaluate_split(ev, "test", arms, mine, max_examples)
-    val = evaluate_split(ev, "val", arms, mine, max_examples) if cfg["arms"]["best_on_val"] and len(arms) > 1 else {}
+    val = (evaluate_split(ev, "val", model_arms, mine, max_examples)
+           if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else {})
     gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
                                    for arm, rs in recs.items() for r in rs])
     if gathered is None:
@@ -145,11 +154,12 @@ def main():
     # ---- summarize
     choice = {}
     if val:
-        choice, test["best_on_val"] = best_on_val(val, test, metric, arms)
+        choice, test["best_on_val"] = best_on_val(val, test, metric, model_arms)
     n_turns = len({(r["dialog_index"], r["turn_index"]) for records in test.values() for r in records})
     frame = persona_frame(test)
     arm_table = arm_frame(test)
-    table = comparison_table(frame, arm_table, REFERENCE_ARMS, DELTA_METRICS, cfg["arms"]["n_bootstrap"])
+    delta_metrics = list(dict.fromkeys([metric, "param_f1", "embedding_similarity"]))
+    table = comparison_table(frame, arm_table, REFERENCE_ARMS, delta_metrics, cfg["arms"]["n_bootstrap"])
     markdown = markdown_table(table, metric)
 
     # ---- write
@@ -163,11 +173,11 @@ def main():
         "missing_adapters": {arm: found.missing for arm, found in availability.items() if found.missing},
         "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>")) for arm in availability},
         "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
-    write_csv(out / "per_persona.csv", with_deltas(frame, REFERENCE_ARMS, DELTA_METRICS).to_dict("records"))
+    write_csv(out / "per_persona.csv", with_deltas(frame, REFERENCE_ARMS, delta_metrics).to_dict("records"))
     write_csv(out / "comparison.csv", table.to_dict("records"))
     write_text_atomic(out / "comparison.md", markdown)
     plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
-             arm_comparison(arm_table, ["param_f1", "device_f1", "embedding_similarity"], out / "arm_comparison.png")]
+             arm_comparison(frame, PLOT_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
     if "lora_all" in arm_table.index and {"lora_per_user", "lora_per_user_on_all"} & set(arm_table.index):
         plots.append(per_user_vs_unified(frame, metric, out / "per_user_vs_unified.png"))
     print()

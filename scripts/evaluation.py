@@ -2,22 +2,25 @@
 
 Unit: every assistant turn of every dialogue of a split, predicted from the ground-truth history
 before it. Per turn: ROUGE-1/2/L F1, embedding cosine similarity (all-MiniLM-L6-v2), the action
-metrics and routine adherence of scripts/action_metrics.py, and prediction/reference lengths.
-Runs aggregate as means for the text metrics and micro sums for the action counts (macro per
-persona is reported beside them).
+metrics of scripts/action_metrics.py (parameter F1 split into values the user gave earlier and
+private ones), the routine-knowledge counts of scripts/routine_knowledge.py, and
+prediction/reference lengths. Runs aggregate as means for the text metrics, micro sums for the
+action counts and session-pooled routine knowledge; the study's tables are per persona, then macro.
 """
 
 from collections import defaultdict
 
 import numpy as np
 
-from scripts.action_metrics import ActionExtractor, ActionMetrics, aggregate_adherence, routine_adherence
+from scripts.action_metrics import ActionExtractor, ActionMetrics
 from scripts.prompting import HistoryRetriever, build_turn_messages, render_prompt
+from scripts.routine_knowledge import knowledge_metrics, message_actions, session_settings, turn_knowledge
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "embedding_similarity", "pred_words", "ref_words")
-PERSONA_METRICS = ("param_f1", "param_precision", "param_recall", "device_f1", "device_precision", "device_recall",
-                   "numerical_exact", "numerical_within1", "categorical_accuracy", "adherence_precision",
-                   "adherence_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL")
+PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
+                   "param_private_f1", "param_precision", "param_recall", "device_f1", "device_precision",
+                   "device_recall", "numerical_exact", "numerical_within1", "numerical_coverage",
+                   "categorical_accuracy", "categorical_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL")
 
 
 def collect_turns(dialogs, indices_by_persona, max_examples=None):
@@ -63,6 +66,14 @@ class TurnScorer:
         self.embedder = embedder
         self.rouge = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
         self.extract = ActionExtractor().extract_actions
+        self._dialog_cache = {}
+
+    def dialog_state(self, dialogs, index):
+        """(actions of every message, testable routine settings) of a dialogue, computed once."""
+        if index not in self._dialog_cache:
+            actions = message_actions(dialogs[index], self.extract)
+            self._dialog_cache[index] = (actions, session_settings(dialogs[index], actions))
+        return self._dialog_cache[index]
 
     def score(self, dialogs, turns, predictions):
         """One record per turn: the metrics, the extracted actions and the counts to aggregate."""
@@ -74,7 +85,11 @@ class TurnScorer:
         records = []
         for k, (turn, pred) in enumerate(zip(turns, predictions)):
             dialog = dialogs[turn["dialog_index"]]
-            history = dialog["messages"][: turn["turn_index"]]
+            t = turn["turn_index"]
+            history = dialog["messages"][:t]
+            actions, settings = self.dialog_state(dialogs, turn["dialog_index"])
+            given = {(d, p, v) for j, m in enumerate(history) if m["role"] == "user"
+                     for d, ps in actions[j].items() for p, v in ps.items()}
             pred_actions = self.extract(pred, history)
             ref_actions = self.extract(turn["reference"], history)
             rouge = self.rouge.score(turn["reference"], pred)
@@ -84,27 +99,31 @@ class TurnScorer:
                 "embedding_similarity": float(pred_vec[k] @ ref_vec[k]),
                 "pred_words": len(pred.split()), "ref_words": len(turn["reference"].split()),
                 "pred_actions": pred_actions, "ref_actions": ref_actions,
-                "action_counts": ActionMetrics.compare_actions(pred_actions, ref_actions),
-                "adherence_counts": routine_adherence(pred_actions, dialog["meta"], dialog["routines"],
-                                                      dialog["applied_routines"]),
+                "action_counts": ActionMetrics.compare_actions(pred_actions, ref_actions, given),
+                "knowledge": turn_knowledge(settings, t, pred_actions),
             })
         return records
 
 
 def aggregate(records):
-    """Run-level metrics: means of text metrics, micro action metrics, adherence, macro beside."""
+    """Run-level metrics: means of text metrics, micro action metrics, pooled routine knowledge,
+    and macro (mean over personas) routine F1, parameter F1 and device F1 beside them."""
     if not records:
         return {"turns": 0}
     out = {"turns": len(records), "personas": len({r["persona_id"] for r in records})}
     for key in TEXT_METRICS:
         out[key] = float(np.mean([r[key] for r in records]))
     out.update(ActionMetrics.aggregate([r["action_counts"] for r in records]))
-    out.update(aggregate_adherence([r["adherence_counts"] for r in records]))
+    out.update(knowledge_metrics(records))
     by_persona = defaultdict(list)
     for r in records:
-        by_persona[r["persona_id"]].append(r["action_counts"])
-    out.update({f"macro_{k}": v for k, v in ActionMetrics.macro(by_persona).items()
-                if k in ("device_f1", "param_f1", "numerical_exact")})
+        by_persona[r["persona_id"]].append(r)
+    out.update({f"macro_{k}": v for k, v in ActionMetrics.macro(
+        {p: [r["action_counts"] for r in rs] for p, rs in by_persona.items()}).items()
+        if k in ("device_f1", "param_f1", "param_private_f1")})
+    routine = [knowledge_metrics(rs)["routine_f1"] for rs in by_persona.values()]
+    routine = [f for f in routine if f is not None]
+    out["macro_routine_f1"] = float(np.mean(routine)) if routine else None
     return out
 
 
@@ -122,8 +141,9 @@ def sample_record(record, dialogs):
             "reference": record["reference"], "pred_actions": record["pred_actions"], "ref_actions": record["ref_actions"]}
 
 
-SUMMARY_COLUMNS = ("turns", "embedding_similarity", "rougeL", "device_f1", "param_f1", "numerical_exact",
-                   "numerical_within1", "categorical_accuracy", "adherence_precision", "adherence_coverage")
+SUMMARY_COLUMNS = ("turns", "routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
+                   "param_private_f1", "device_f1", "numerical_exact", "numerical_coverage", "categorical_accuracy",
+                   "categorical_coverage", "embedding_similarity", "rougeL")
 
 
 def summary_rows(per_persona):

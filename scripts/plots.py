@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from scripts.data_io import atomic_path  # noqa: E402
+from scripts.study_stats import bootstrap_ci  # noqa: E402
 
 
 def _save(fig, path):
@@ -31,16 +32,25 @@ def delta_histograms(frame, metric, path):
     return _save(fig, path)
 
 
-def arm_comparison(arm_table, metrics, path):
-    arms = list(arm_table.index)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(arms), 3.2))
+def arm_comparison(frame, metrics, path, n_boot=2000):
+    """Per arm and metric, the mean over personas with a bootstrap 95% interval (resampling personas)."""
+    arms = list(dict.fromkeys(frame["arm"]))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(arms), 3.4))
     width = 0.8 / len(metrics)
     for k, metric in enumerate(metrics):
-        values = arm_table[metric].fillna(0.0)
-        ax.bar([i + k * width for i in range(len(arms))], values, width, label=metric)
+        means, errors = [], [[], []]
+        for arm in arms:
+            values = frame.loc[frame["arm"] == arm, metric].dropna().to_numpy(dtype=float)
+            mean = values.mean() if len(values) else 0.0
+            low, high = bootstrap_ci(values, n_boot) if len(values) else (0.0, 0.0)
+            means.append(mean)
+            errors[0].append(max(0.0, mean - low))
+            errors[1].append(max(0.0, high - mean))
+        ax.bar([i + k * width for i in range(len(arms))], means, width, yerr=errors, capsize=2, label=metric)
     ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(arms))])
     ax.set_xticklabels(arms, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
+    ax.set_ylabel("mean over personas (95% CI)", fontsize=8)
     ax.legend(fontsize=7)
     return _save(fig, path)
 

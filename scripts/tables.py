@@ -10,6 +10,11 @@ import pandas as pd
 from scripts.evaluation import SUMMARY_COLUMNS, aggregate, aggregate_per_persona
 from scripts.study_stats import paired_comparison
 
+POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing scores",
+                "echo": "repeats the user's last message (no model): what copying the user scores",
+                "oracle": "states the applied routine's settings for the devices talked about (no model, reads "
+                          "the reference): what perfect memory scores"}
+
 
 def persona_frame(records_by_arm):
     """One row per (persona, arm): that persona's metrics on that arm."""
@@ -47,7 +52,7 @@ def comparison_table(frame, arms, refs, metrics, n_boot):
     """One row per arm: its pooled metrics, then per reference arm and metric the paired statistics."""
     rows = []
     for arm in arms.index:
-        row = {"arm": arm, **{k: arms.loc[arm].get(k) for k in ("personas",) + SUMMARY_COLUMNS}}
+        row = {"arm": arm, **{k: arms.loc[arm].get(k) for k in ("personas", "macro_routine_f1") + SUMMARY_COLUMNS}}
         for ref in refs:
             if ref == arm or ref not in arms.index:
                 continue
@@ -81,11 +86,15 @@ def markdown_table(table, metric):
 
     shown = pd.DataFrame({
         "arm": table["arm"], "personas": table["personas"], "turns": table["turns"],
-        "param F1": table["param_f1"].map(fmt), "device F1": table["device_f1"].map(fmt),
-        "embedding sim": table["embedding_similarity"].map(fmt), "adherence": table["adherence_precision"].map(fmt),
+        "routine F1 (macro)": table["macro_routine_f1"].map(fmt), "routine P / R (pooled)": [
+            f"{fmt(r['routine_precision'])} / {fmt(r['routine_recall'])}" for _, r in table.iterrows()],
+        "param F1": table["param_f1"].map(fmt), "given / private": [
+            f"{fmt(r['param_given_f1'])} / {fmt(r['param_private_f1'])}" for _, r in table.iterrows()],
+        "device F1": table["device_f1"].map(fmt), "embedding sim": table["embedding_similarity"].map(fmt),
         f"Δ {metric} vs baseline [95% CI]": [delta(r, "baseline") for _, r in table.iterrows()],
         "helped / hurt": [helped(r) for _, r in table.iterrows()],
         "sign p": [sign_p(r) for _, r in table.iterrows()],
         f"Δ {metric} vs lora_all [95% CI]": [delta(r, "lora_all") for _, r in table.iterrows()],
     })
-    return shown.to_markdown(index=False) + "\n"
+    notes = [f"- {arm}: {POLICY_NOTES[arm]}" for arm in table["arm"] if arm in POLICY_NOTES]
+    return shown.to_markdown(index=False) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")

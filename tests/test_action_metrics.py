@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.action_metrics import (ActionExtractor, ActionMetrics, aggregate_adherence, prescribed_settings,
-                                    routine_adherence)
+from scripts.action_metrics import ActionExtractor, ActionMetrics, prescribed_settings
 from scripts.demo_data import generate
 from scripts.schema import active_actions
 
@@ -31,6 +30,15 @@ extract = ActionExtractor().extract_actions
     ("The air conditioning is now at 19°C on auto.", None, {"ac": {"temperature": 19, "mode": "auto"}}),
     ("Thanks, that's all.", ["Setting the TV volume to 30."], {}),
     ("I'm working on my '78 Harley in the 1920s garage.", ["Set the lights to 60%."], {}),
+    # an ask-back names the device and parameter but states no value
+    ("Which arming mode would you like?", None, {"security": {}}),
+    ("Would you like it armed or disarmed?", ["Check the security system."], {"security": {}}),
+    ("Do you want heat or cool mode for the AC?", None, {"ac": {}}),
+    ("Would you like warm, cool or neutral colour for the lights?", None, {"lights": {}}),
+    ("What TV volume would you like, 20 or 30?", None, {"tv": {}}),
+    # a question that proposes one value still states it
+    ("Shall I set it to your usual 22 degrees?", ["Turn on the AC."], {"ac": {"temperature": 22}}),
+    ("Should I arm the security system?", None, {"security": {"armed": True}}),
 ])
 def test_hard_cases(text, context, expected):
     assert extract(text, context) == expected
@@ -121,7 +129,7 @@ def test_undefined_ratios_are_none_and_macro_skips_them():
     assert macro["numerical_exact"] is None
 
 
-# ------------------------------------------------------------ routine adherence: hand-computed
+# ------------------------------------------------------------ given/private values, routines
 ROUTINES = [
     {"triggers": {"time_of_day": "evening", "weather": "rainy"},
      "actions": {"lights": {"brightness": 30, "color": "warm", "mode": "static"}, "ac": {"temperature": 22, "mode": "heat", "fan_speed": 1},
@@ -132,18 +140,22 @@ ROUTINES = [
 META = {"time_of_day": "evening", "day_of_week": "weekday", "sun_phase": "after_sunset", "weather": "rainy", "outdoor_temp": "cold"}
 
 
-def test_routine_adherence_counts():
-    reply = {"lights": {"brightness": 30, "color": "cool"}, "tv": {"volume": 10}}
-    c = routine_adherence(reply, META, ROUTINES, [0])
-    # touched routine devices: lights only; stated 2, matching 1 (brightness); routine sets 3 for lights
-    assert c == {"adh_stated": 2, "adh_matched": 1, "adh_prescribed": 3}
-    agg = aggregate_adherence([c, routine_adherence({"ac": {"temperature": 22}}, META, ROUTINES, [0]), None])
-    # stated 2+1, matched 1+1, prescribed 3+3
-    assert agg == {"adherence_precision": pytest.approx(2 / 3), "adherence_coverage": pytest.approx(2 / 6), "adherence_turns": 2}
+def test_given_and_private_values_and_coverage():
+    pred = {"lights": {"brightness": 30, "color": "warm"}, "ac": {"temperature": 22}}
+    ref = {"lights": {"brightness": 30, "color": "cool", "mode": "static"}, "ac": {"temperature": 22}}
+    given = {("lights", "brightness", 30)}  # the user said 30% earlier; the rest is private
+    c = ActionMetrics.compare_actions(pred, ref, given)
+    assert (c["param_given_tp"], c["param_given_fp"], c["param_given_fn"]) == (1, 0, 0)
+    # private: ac 22 right; warm predicted, cool and static expected
+    assert (c["param_private_tp"], c["param_private_fp"], c["param_private_fn"]) == (1, 1, 2)
+    assert (c["num_ref"], c["cat_ref"]) == (2, 2)
+    m = ActionMetrics.aggregate([c])
+    assert m["param_given_f1"] == 1.0 and m["param_private_f1"] == pytest.approx(2 / 5)
+    # numeric pairs stated: both of 2; categorical: color stated, mode not -> 1 of 2
+    assert m["numerical_coverage"] == 1.0 and m["categorical_coverage"] == 0.5
 
 
-def test_spontaneous_sessions_are_excluded_and_meta_picks_the_routine():
-    assert routine_adherence({"lights": {"brightness": 30}}, META, ROUTINES, None) is None
-    assert routine_adherence({"lights": {"brightness": 30}}, META, ROUTINES, []) is None
+def test_spontaneous_sessions_have_no_routine_and_meta_picks_the_routine():
+    assert prescribed_settings(META, ROUTINES, None) is None and prescribed_settings(META, ROUTINES, []) is None
     # both routines listed as applied, only routine 0 matches the evening meta
     assert prescribed_settings(META, ROUTINES, [0, 1])["lights"]["brightness"] == 30

@@ -39,7 +39,7 @@ def test_config_defaults_and_overrides(tmp_path):
     ({"prompt": {"retrieved_history": 0}}, "prompt.retrieved_history must be >= 1, got 0"),
     ({"training": {"learning_rate": 0}}, "training.learning_rate must be > 0, got 0"),
     ({"lora": {"target_modules": []}}, "lora.target_modules must be a non-empty list"),
-    ({"arms": {"primary_metric": "parm_f1"}}, "arms.primary_metric is not a metric; known: param_f1"),
+    ({"arms": {"primary_metric": "routin_f1"}}, "arms.primary_metric is not a metric; known: routine_f1"),
     ({"arms": {"names": ["baseline", "lora_everyone"]}}, "arms.names has unknown arm"),
     ({"arms": {"lora_all": "models/x"}}, "unknown key arms.lora_all"),
     ({"model": {"device": "gpu"}}, "model.device must be one of"),
@@ -158,8 +158,13 @@ def test_scoring_and_aggregation_by_hand():
     # params: turn 1 brightness 50 unmatched (fp), turn 2 40 vs 50 (fp + fn), turn 3 temperature 22 = 22 (tp)
     assert m["param_precision"] == pytest.approx(1 / 3) and m["param_recall"] == pytest.approx(1 / 2)
     assert m["param_f1"] == pytest.approx(0.4)
-    # adherence: stated lights 50 (ok), lights 40 (no), ac 22 (routine 21: no) -> 1/3; prescribed 2 + 2 + 1
-    assert m["adherence_precision"] == pytest.approx(1 / 3) and m["adherence_coverage"] == pytest.approx(1 / 5)
+    # given (stated by the user before): turn 3 misses lights 50 (fn), turn 5 AC 22 (tp); private: 50 at turn 1
+    # and 40 at turn 3 predicted, the reference states nothing private (fp 2)
+    assert m["param_given_f1"] == pytest.approx(2 / 3) and m["param_private_f1"] == 0.0
+    # routine knowledge: lights.brightness (open at turn 1) hit by "Lights at 50%."; lights.color never stated;
+    # the AC's temperature is stated in the message that first names the AC -> not testable
+    assert (m["routine_settings"], m["routine_recall"], m["routine_precision"]) == (2, 0.5, 1.0)
+    assert m["routine_f1"] == pytest.approx(2 / 3) and m["macro_routine_f1"] == pytest.approx(2 / 3)
     assert m["pred_words"] == pytest.approx((3 + 3 + 4) / 3)
 
 
@@ -179,13 +184,15 @@ def test_baseline_cli_writes_all_outputs(tiny_model_dir, demo_files, tmp_path):
     assert summary["counts"]["turns"] == 12 and summary["device"] == "cpu"
     assert summary["config"]["prompt"]["retrieved_history"] == 1
     for key in ("rouge1", "rougeL", "embedding_similarity", "device_f1", "param_f1", "numerical_exact",
-                "adherence_precision", "pred_words"):
+                "routine_f1", "macro_routine_f1", "param_private_f1", "numerical_coverage", "pred_words"):
         assert key in summary["metrics"]
+    assert summary["metrics"]["routine_settings"] > 0 and 0 <= summary["metrics"]["routine_f1"] <= 1
+    assert "routine_f1=" in result.stdout
     assert set(summary["timings"]) >= {"load_s", "generate_s", "score_s", "total_s", "turns_per_s"}
     per_persona = json.loads((out / "per_persona_results.json").read_text())
     assert sum(m["turns"] for m in per_persona.values()) == 12
     rows = list(csv.DictReader((out / "per_persona_summary.csv").open()))
-    assert [r["persona_id"] for r in rows] == sorted(per_persona)
+    assert [r["persona_id"] for r in rows] == sorted(per_persona) and "routine_f1" in rows[0]
     samples = [json.loads(line) for line in (out / "sample_outputs.jsonl").read_text().splitlines()]
     assert len(samples) == 5
     assert set(samples[0]) == {"persona_id", "session_id", "turn_index", "history", "prediction", "reference",

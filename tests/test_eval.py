@@ -103,8 +103,11 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     summary = json.loads((out / "arm_metrics.json").read_text())
     assert summary["missing_adapters"] == {"lora_per_user": ["persona_002"], "lora_per_user_on_all": ["persona_002"]}
     arms = summary["arms"]
-    assert set(arms) == {"baseline", "character", "retrieval", "lora_all", "lora_per_user", "lora_per_user_on_all",
-                         "best_on_val"}
+    assert set(arms) == {"echo", "oracle", "baseline", "character", "retrieval", "lora_all", "lora_per_user",
+                         "lora_per_user_on_all", "best_on_val"}
+    assert arms["oracle"]["macro_routine_f1"] >= 0.9 and arms["echo"]["macro_routine_f1"] <= 0.05
+    assert set(summary["best_on_val_choice"].values()) <= {"baseline", "character", "retrieval", "lora_all",
+                                                           "lora_per_user", "lora_per_user_on_all"}
     assert arms["lora_per_user"]["personas"] == 2 and arms["baseline"]["personas"] == 3
     assert arms["baseline"]["turns"] == summary["turns"]
     assert set(summary["best_on_val_choice"]) == {"persona_000", "persona_001", "persona_002"}
@@ -112,12 +115,27 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     assert {(r["persona_id"], r["arm"]) for r in rows} >= {("persona_002", "baseline"), ("persona_000", "lora_per_user")}
     assert ("persona_002", "lora_per_user") not in {(r["persona_id"], r["arm"]) for r in rows}
     assert "delta_vs_baseline_param_f1" in rows[0] and "delta_vs_lora_all_embedding_similarity" in rows[0]
+    assert "delta_vs_baseline_routine_f1" in rows[0] and "param_private_f1" in rows[0]
     comparison = list(csv.DictReader((out / "comparison.csv").open()))
-    assert [r["arm"] for r in comparison][0] == "baseline"
-    assert "vs_baseline:param_f1:sign_test_p" in comparison[1]
+    assert [r["arm"] for r in comparison][:3] == ["echo", "oracle", "baseline"]
+    assert "vs_baseline:routine_f1:sign_test_p" in comparison[0] and "vs_baseline:param_f1:ci_low" in comparison[0]
     lines = (out / "comparison.md").read_text().splitlines()
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    assert cells[0][:3] == ["arm", "personas", "turns"]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+    assert cells[0][:4] == ["arm", "personas", "turns", "routine F1 (macro)"]
+    assert any(line.startswith("- echo: repeats the user's last message") for line in lines)
     assert ["lora_per_user", "2"] in [row[:2] for row in cells[2:]]
     for png in ("delta_histograms.png", "arm_comparison.png", "per_user_vs_unified.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reference_policies_need_no_chat_model(demo_files, tmp_path):
+    config = tmp_path / "policies.json"
+    config.write_text(json.dumps({
+        "model": {"name": str(tmp_path / "no_such_model")},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "arms": {"names": ["silent", "echo", "oracle"], "n_bootstrap": 200}}))
+    result = run_script("eval_lora.py", "--config", config, "--output_dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    arms = json.loads((tmp_path / "out" / "arm_metrics.json").read_text())["arms"]
+    assert arms["silent"]["macro_routine_f1"] == 0.0 and arms["silent"]["param_f1"] == 0.0
+    assert arms["oracle"]["macro_routine_f1"] >= 0.9 and arms["echo"]["param_f1"] > 0.5
