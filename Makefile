@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo bench
+.PHONY: setup test demo-data demo policy-table bench
 
 setup:
 	python3 -m venv .venv
@@ -32,6 +32,13 @@ demo: demo-data
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user --personas $(DEMO_USERS)
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all --personas $(DEMO_USERS)
 	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo
+
+# What saying nothing, echoing the user and perfect routine memory score (no model; synthetic data)
+policy-table:
+	$(PY) scripts/make_demo_data.py --out_dir data/demo20/raw --personas 20 --sessions 50 --seed 0
+	$(PY) scripts/clean_data.py --raw_dir data/demo20/raw --output data/demo20/cleaned/dialogs_clean.jsonl
+	$(PY) scripts/create_splits.py --input data/demo20/cleaned/dialogs_clean.jsonl --output data/demo20/splits/edgesplits.json
+	$(PY) scripts/eval_lora.py --config configs/demo/reply_policies.json --output_dir results/reply_policies
 
 bench:
 	$(PY) benchmarks/bench_generation.py

@@ -61,6 +61,7 @@ SCHEMA = {
         "embedding_model": (str, "embedded:all-minilm-l6-v2"),
         "max_examples": (OPTIONAL_INT, None),
         "sample_outputs": (int, 20),
+        "cloze": (bool, True),                 # the preference cloze (scripts/cloze.py) for every model arm
     },
     "lora": {
         "r": (int, 8),
@@ -78,6 +79,7 @@ SCHEMA = {
         "batch_size": (int, 4),
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
+        "loss_on": (str, "assistant"),         # "assistant" (the guide's) or "all": user turns supervised too
         "seed": (int, 0),
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
         "micro_batch_size": (int, 0),     # with K > 1: sequences per forward pass (0: the whole step)
@@ -99,6 +101,7 @@ CHOICES = {
     ("model", "device"): ("auto", "cpu", "cuda", "mps"),
     ("model", "dtype"): ("auto", "float32", "bfloat16", "float16"),
     ("data", "split"): ("train", "val", "test"),
+    ("training", "loss_on"): ("assistant", "all"),
     ("training", "scope"): tuple(SCOPE_ARM),
 }
 

@@ -26,15 +26,17 @@ from scripts.adapters import arm_folder
 from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
 from scripts.config import ADAPTER_ARMS, POLICY_ARMS, arm_prompt, load_config
 from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
+from scripts.cloze import cloze_items, majority_values, score_items
 from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
 from scripts.modeling import distributed_state, gather_rows, load_embedder
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
 from scripts.routine_knowledge import policy_reply
 from scripts.splits import choose_personas, load_splits, split_indices
-from scripts.tables import arm_frame, comparison_table, markdown_table, persona_frame, with_deltas
+from scripts.tables import (arm_frame, comparison_table, csv_rows, markdown_table, persona_frame, with_cloze,
+                            with_deltas)
 
 REFERENCE_ARMS = ("baseline", "lora_all")
-PLOT_METRICS = ("routine_f1", "param_f1", "param_private_f1", "embedding_similarity")
+PLOT_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
 PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "retrieval")
 
 
@@ -66,6 +68,21 @@ def evaluate_split(ev, split, arms, personas, max_examples):
             picked = [i for i, r in enumerate(rows) if r.arm == arm]
             records[arm] = ev.scorer.score(ev.dialogs, [turns[rows[i].turn] for i in picked], [replies[i] for i in picked])
     return records
+
+
+def evaluate_cloze(ev, personas):
+    """ClozeResults of every model arm on the test split's stated routine values."""
+    def actions_of(index):
+        return ev.scorer.dialog_state(ev.dialogs, index)[0]
+
+    items = cloze_items(ev.dialogs, split_indices(ev.splits, "test", personas), actions_of)
+    majority = majority_values(ev.dialogs, [i for p in ev.splits.values() for i in p["train"]], actions_of)
+    results = []
+    for group in ev.groups:
+        for arm in group.arms:
+            results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
+                                   arm, lambda p, arm=arm, group=group: group.adapter_for(arm, p), majority, ev.retriever)
+    return results
 
 
 def best_on_val(val_records, test_records, metric, arms):
@@ -142,13 +159,17 @@ def main():
     test = evaluate_split(ev, "test", arms, mine, max_examples)
     val = (evaluate_split(ev, "val", model_arms, mine, max_examples)
            if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else {})
+    cloze = evaluate_cloze(ev, mine) if cfg["evaluation"]["cloze"] else []
     gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
-                                   for arm, rs in recs.items() for r in rs])
+                                   for arm, rs in recs.items() for r in rs] + [("cloze", r.arm, r) for r in cloze])
     if gathered is None:
         return 0
-    test, val = {}, {}
+    test, val, cloze = {}, {}, []
     for split, arm, record in gathered:
-        (test if split == "test" else val).setdefault(arm, []).append(record)
+        if split == "cloze":
+            cloze.append(record)
+        else:
+            (test if split == "test" else val).setdefault(arm, []).append(record)
     test = {arm: test[arm] for arm in arms if arm in test}
 
     # ---- summarize
@@ -156,8 +177,7 @@ def main():
     if val:
         choice, test["best_on_val"] = best_on_val(val, test, metric, model_arms)
     n_turns = len({(r["dialog_index"], r["turn_index"]) for records in test.values() for r in records})
-    frame = persona_frame(test)
-    arm_table = arm_frame(test)
+    frame, arm_table = with_cloze(persona_frame(test), arm_frame(test), cloze)
     delta_metrics = list(dict.fromkeys([metric, "param_f1", "embedding_similarity"]))
     table = comparison_table(frame, arm_table, REFERENCE_ARMS, delta_metrics, cfg["arms"]["n_bootstrap"])
     markdown = markdown_table(table, metric)
@@ -173,8 +193,8 @@ def main():
         "missing_adapters": {arm: found.missing for arm, found in availability.items() if found.missing},
         "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>")) for arm in availability},
         "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
-    write_csv(out / "per_persona.csv", with_deltas(frame, REFERENCE_ARMS, delta_metrics).to_dict("records"))
-    write_csv(out / "comparison.csv", table.to_dict("records"))
+    write_csv(out / "per_persona.csv", csv_rows(with_deltas(frame, REFERENCE_ARMS, delta_metrics)))
+    write_csv(out / "comparison.csv", csv_rows(table))
     write_text_atomic(out / "comparison.md", markdown)
     plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
              arm_comparison(frame, PLOT_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]

@@ -20,7 +20,8 @@ TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "embedding_similarity", "pred_word
 PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
                    "param_private_f1", "param_precision", "param_recall", "device_f1", "device_precision",
                    "device_recall", "numerical_exact", "numerical_within1", "numerical_coverage",
-                   "categorical_accuracy", "categorical_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL")
+                   "categorical_accuracy", "categorical_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL",
+                   "cloze_top1")
 
 
 def collect_turns(dialogs, indices_by_persona, max_examples=None):

@@ -35,6 +35,7 @@ def delta_histograms(frame, metric, path):
 def arm_comparison(frame, metrics, path, n_boot=2000):
     """Per arm and metric, the mean over personas with a bootstrap 95% interval (resampling personas)."""
     arms = list(dict.fromkeys(frame["arm"]))
+    metrics = [m for m in metrics if m in frame]
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(arms), 3.4))
     width = 0.8 / len(metrics)
     for k, metric in enumerate(metrics):

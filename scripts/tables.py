@@ -29,6 +29,26 @@ def arm_frame(records_by_arm):
     return pd.DataFrame([{"arm": arm, **aggregate(records)} for arm, records in records_by_arm.items()]).set_index("arm")
 
 
+def with_cloze(frame, arm_table, results):
+    """The per-persona and per-arm tables with the preference cloze's columns: top-1 accuracy,
+    items, chance and the majority-value baseline (per arm: means over personas)."""
+    if not results:
+        return frame, arm_table
+    cloze = (pd.DataFrame([vars(r) for r in results])
+             .groupby(["persona_id", "arm"])
+             .agg(cloze_top1=("correct", "mean"), cloze_items=("correct", "size"), cloze_chance=("chance", "mean"),
+                  cloze_majority=("majority_correct", "mean"))
+             .reset_index())
+    frame = frame.merge(cloze, on=["persona_id", "arm"], how="left")
+    per_arm = cloze.groupby("arm")[["cloze_top1", "cloze_chance", "cloze_majority"]].mean()
+    return frame, arm_table.join(per_arm)
+
+
+def csv_rows(frame):
+    """Rows as dicts with None (an empty CSV cell, JSON null) where pandas has NaN."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
 def wide(frame, metric):
     """persona x arm table of one metric."""
     return frame.pivot(index="persona_id", columns="arm", values=metric)
@@ -52,7 +72,8 @@ def comparison_table(frame, arms, refs, metrics, n_boot):
     """One row per arm: its pooled metrics, then per reference arm and metric the paired statistics."""
     rows = []
     for arm in arms.index:
-        row = {"arm": arm, **{k: arms.loc[arm].get(k) for k in ("personas", "macro_routine_f1") + SUMMARY_COLUMNS}}
+        row = {"arm": arm, **{k: arms.loc[arm].get(k) for k in ("personas", "macro_routine_f1") + SUMMARY_COLUMNS
+                              + ("cloze_top1", "cloze_chance", "cloze_majority")}}
         for ref in refs:
             if ref == arm or ref not in arms.index:
                 continue
@@ -85,16 +106,22 @@ def markdown_table(table, metric):
         return "–" if p is None or pd.isna(p) else f"{p:.3g}"
 
     shown = pd.DataFrame({
-        "arm": table["arm"], "personas": table["personas"], "turns": table["turns"],
+        "arm": table["arm"], "personas": table["personas"].astype("Int64").astype(str),
+        "turns": table["turns"].astype("Int64").astype(str),
         "routine F1 (macro)": table["macro_routine_f1"].map(fmt), "routine P / R (pooled)": [
             f"{fmt(r['routine_precision'])} / {fmt(r['routine_recall'])}" for _, r in table.iterrows()],
         "param F1": table["param_f1"].map(fmt), "given / private": [
             f"{fmt(r['param_given_f1'])} / {fmt(r['param_private_f1'])}" for _, r in table.iterrows()],
         "device F1": table["device_f1"].map(fmt), "embedding sim": table["embedding_similarity"].map(fmt),
+        "cloze top-1": table["cloze_top1"].map(fmt),
         f"Δ {metric} vs baseline [95% CI]": [delta(r, "baseline") for _, r in table.iterrows()],
         "helped / hurt": [helped(r) for _, r in table.iterrows()],
         "sign p": [sign_p(r) for _, r in table.iterrows()],
         f"Δ {metric} vs lora_all [95% CI]": [delta(r, "lora_all") for _, r in table.iterrows()],
     })
     notes = [f"- {arm}: {POLICY_NOTES[arm]}" for arm in table["arm"] if arm in POLICY_NOTES]
-    return shown.to_markdown(index=False) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    if table["cloze_chance"].notna().any():
+        notes.append(f"- cloze top-1: the user's routine value ranked first where the user states it; chance "
+                     f"{fmt(table['cloze_chance'].dropna().iloc[0])}, always the most common train value "
+                     f"{fmt(table['cloze_majority'].dropna().iloc[0])}")
+    return shown.to_markdown(index=False, disable_numparse=True) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")

@@ -100,7 +100,8 @@ def main():
     if todo:
         device = str(state.device) if state is not None and cfg["model"]["device"] == "auto" else cfg["model"]["device"]
         model, tokenizer, model_path = load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])
-        examples = tokenized_dialogs(tokenizer, cfg["data"]["dialogs"], cfg["prompt"], cfg["training"]["max_seq_length"])
+        examples = tokenized_dialogs(tokenizer, cfg["data"]["dialogs"], cfg["prompt"], cfg["training"]["max_seq_length"],
+                                     cfg["training"]["loss_on"])
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
                  "prompt": cfg["prompt"], "lora": cfg["lora"], "training": cfg["training"]}
         if arm == "lora_per_user_on_all":

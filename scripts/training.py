@@ -42,24 +42,40 @@ def end_of_turn_ids(tokenizer):
     return full[len(prefix):]
 
 
-def supervised_sequence(tokenizer, messages):
-    """(input_ids, labels) for chat messages; labels keep assistant content + its end-of-turn token."""
+def supervised_sequence(tokenizer, messages, roles=("assistant",)):
+    """(input_ids, labels) for chat messages; labels keep the content of `roles`' messages + their end-of-turn token.
+
+    roles ("assistant",) is the guide's recipe; ("user", "assistant") also supervises what the user
+    says, the only place the real data states most preferences (config training.loss_on "all").
+    """
     input_ids = _ids(tokenizer, messages)
     labels = [IGNORE] * len(input_ids)
     eot = end_of_turn_ids(tokenizer)
     keep_eot = eot[:1]  # <|im_end|>: the model must learn to stop; the newline after it is template glue
     for k, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] not in roles:
             continue
-        start = len(_ids(tokenizer, messages[:k], add_generation_prompt=True))
+        header = _message_header(tokenizer, messages, k)
+        start = len(header)
         end = len(_ids(tokenizer, messages[: k + 1])) - len(eot) + len(keep_eot)
-        if input_ids[:start] != _ids(tokenizer, messages[:k], add_generation_prompt=True):
+        if input_ids[:start] != header:
             raise ValueError("chat template does not render prefixes as token prefixes; cannot mask by position")
         labels[start:end] = input_ids[start:end]
     return input_ids, labels
 
 
-def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length):
+def _message_header(tokenizer, messages, k):
+    """Token ids of messages[:k] plus the template's opening of message k (its role header)."""
+    if messages[k]["role"] == "assistant":
+        return _ids(tokenizer, messages[:k], add_generation_prompt=True)
+    empty = _ids(tokenizer, messages[:k] + [{**messages[k], "content": ""}])
+    return empty[: len(empty) - len(end_of_turn_ids(tokenizer))]
+
+
+LOSS_ROLES = {"assistant": ("assistant",), "all": ("user", "assistant")}
+
+
+def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on="assistant"):
     """The training example of one dialogue, dropping its earliest messages to fit max_seq_length."""
     system = system_prompt(prompt_cfg, dialog.get("character"))
     messages = dialog["messages"]
@@ -68,18 +84,18 @@ def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length):
         rest = messages[first:]
         if not any(m["role"] == "assistant" for m in rest):
             break
-        ids, labels = supervised_sequence(tokenizer, chat_messages(system, rest))
+        ids, labels = supervised_sequence(tokenizer, chat_messages(system, rest), LOSS_ROLES[loss_on])
         if len(ids) <= max_seq_length:
             return {"input_ids": ids, "labels": labels}
-    ids, labels = supervised_sequence(tokenizer, chat_messages(system, messages[-2:]))
+    ids, labels = supervised_sequence(tokenizer, chat_messages(system, messages[-2:]), LOSS_ROLES[loss_on])
     return {"input_ids": ids[-max_seq_length:], "labels": labels[-max_seq_length:]}
 
 
-def _example_columns(dialog, tokenizer, prompt_cfg, max_seq_length):
-    return dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length)
+def _example_columns(dialog, tokenizer, prompt_cfg, max_seq_length, loss_on):
+    return dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on)
 
 
-def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length):
+def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length, loss_on="assistant"):
     """Every dialogue of the cleaned file as a training example (row i = line i), cached by `datasets`."""
     from datasets import load_dataset
 
@@ -88,7 +104,8 @@ def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length):
                         "to false in the training config (the retrieval arm is a prompt-only arm)")
     dialogs = load_dataset("json", data_files=str(dialogs_path), split="train")
     return dialogs.map(_example_columns, remove_columns=dialogs.column_names, desc="tokenizing dialogues",
-                       fn_kwargs={"tokenizer": tokenizer, "prompt_cfg": dict(prompt_cfg), "max_seq_length": max_seq_length})
+                       fn_kwargs={"tokenizer": tokenizer, "prompt_cfg": dict(prompt_cfg), "max_seq_length": max_seq_length,
+                                  "loss_on": loss_on})
 
 
 def select_examples(examples, indices):

@@ -116,6 +116,10 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     assert ("persona_002", "lora_per_user") not in {(r["persona_id"], r["arm"]) for r in rows}
     assert "delta_vs_baseline_param_f1" in rows[0] and "delta_vs_lora_all_embedding_similarity" in rows[0]
     assert "delta_vs_baseline_routine_f1" in rows[0] and "param_private_f1" in rows[0]
+    # the preference cloze: every model arm, none of the reference policies
+    cloze = {r["arm"]: r["cloze_top1"] for r in rows if r["persona_id"] == "persona_000"}
+    assert cloze["echo"] == "" and 0 <= float(cloze["baseline"]) <= 1 and float(cloze["lora_per_user"]) >= 0
+    assert 0 < arms["baseline"]["cloze_chance"] < 1 and arms["lora_all"]["cloze_top1"] is not None
     comparison = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["arm"] for r in comparison][:3] == ["echo", "oracle", "baseline"]
     assert "vs_baseline:routine_f1:sign_test_p" in comparison[0] and "vs_baseline:param_f1:ci_low" in comparison[0]

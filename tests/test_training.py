@@ -19,14 +19,10 @@ MESSAGES = [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant
 
 
 # ------------------------------------------------------------ loss masking
-def test_labels_are_exactly_the_assistant_tokens(tiny_model):
-    _, tokenizer = tiny_model
-    ids, labels = supervised_sequence(tokenizer, chat_messages("SYS", MESSAGES))
-    text = tokenizer.apply_chat_template(chat_messages("SYS", MESSAGES), tokenize=False)
-    assert tokenizer.decode(ids) == text
+def _supervised_spans(tokenizer, ids, labels):
+    """The contiguous supervised spans, decoded."""
     supervised = [i for i, label in enumerate(labels) if label != IGNORE]
     assert all(labels[i] == ids[i] for i in supervised)
-    # contiguous supervised spans, decoded: the assistant messages, each with its end-of-turn token
     spans, current = [], [supervised[0]]
     for i in supervised[1:]:
         if i == current[-1] + 1:
@@ -35,11 +31,29 @@ def test_labels_are_exactly_the_assistant_tokens(tiny_model):
             spans.append(current)
             current = [i]
     spans.append(current)
-    assert [tokenizer.decode([ids[i] for i in span]) for span in spans] == [
-        "Lights on at 50%.<|im_end|>", "You're welcome.<|im_end|>"]
+    return [tokenizer.decode([ids[i] for i in span]) for span in spans]
+
+
+def test_labels_are_exactly_the_assistant_tokens(tiny_model):
+    _, tokenizer = tiny_model
+    ids, labels = supervised_sequence(tokenizer, chat_messages("SYS", MESSAGES))
+    text = tokenizer.apply_chat_template(chat_messages("SYS", MESSAGES), tokenize=False)
+    assert tokenizer.decode(ids) == text
+    # the assistant messages, each with its end-of-turn token
+    assert _supervised_spans(tokenizer, ids, labels) == ["Lights on at 50%.<|im_end|>", "You're welcome.<|im_end|>"]
     # and token by token, everything else (system, user turns, role headers) is masked
     unsupervised = tokenizer.decode([t for t, label in zip(ids, labels) if label == IGNORE])
     assert unsupervised == text.replace("Lights on at 50%.<|im_end|>", "").replace("You're welcome.<|im_end|>", "")
+
+
+def test_loss_on_all_supervises_the_user_turns_too(tiny_model):
+    _, tokenizer = tiny_model
+    cfg = {**defaults()["prompt"], "system_template": "SYS"}
+    example = dialog_example(tokenizer, {"messages": MESSAGES}, cfg, 512, loss_on="all")
+    assert _supervised_spans(tokenizer, example["input_ids"], example["labels"]) == [
+        "Turn on the lights.<|im_end|>", "Lights on at 50%.<|im_end|>", "Thanks!<|im_end|>", "You're welcome.<|im_end|>"]
+    assistant_only = dialog_example(tokenizer, {"messages": MESSAGES}, cfg, 512)
+    assert assistant_only["input_ids"] == example["input_ids"] and assistant_only["labels"] != example["labels"]
 
 
 def test_long_dialogues_keep_the_most_recent_turns(tiny_model):

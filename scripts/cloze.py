@@ -1,0 +1,207 @@
+"""Preference cloze: does the model put this user's routine value first where the user states it?
+
+Wherever a user message states a value of the session's applied routine ("set it to 22",
+"a warm colour"), the message is cut just before the value and every candidate value of that
+parameter is scored as its continuation, teacher-forced on the dialogue so far: the schema's
+categories, or every integer of the parameter's range, written the way the user wrote the value,
+each followed by the same next word of the message (so "5" cannot win by being a prefix of "50").
+An item is correct when the user's actual value has the highest log-probability.
+
+No generation: one forward pass over the shared prefix (its KV cache is reused) and one over the
+candidates, so it is cheap on a CPU, and it measures knowledge even where replies ask back.
+Beside each persona's top-1 accuracy: chance (the mean of 1 / candidates) and the accuracy of
+always answering the most common value of that parameter in every user's train dialogues.
+"""
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from scripts.action_metrics import prescribed_settings
+from scripts.prompting import build_turn_messages
+from scripts.schema import DEVICES
+
+
+@dataclass(frozen=True)
+class ClozeItem:
+    """One stated routine value: where it is, and the candidates for it (answer: the user's)."""
+    persona_id: str
+    dialog_index: int
+    message_index: int
+    device: str
+    param: str
+    value: object
+    before: str        # the user's message up to the value
+    after: str         # the next word after it ("" at the end of the message)
+    candidates: tuple  # candidate texts, written like the user's
+    answer: int        # index of the user's text among the candidates
+
+
+@dataclass(frozen=True)
+class ClozeResult:
+    persona_id: str
+    arm: str
+    dialog_index: int
+    message_index: int
+    correct: bool
+    chance: float
+    majority_correct: bool
+
+
+def _cased(text, like):
+    """`text` in the case the user wrote `like` in: lower, Capitalised, else the schema's own."""
+    if like.islower():
+        return text.lower()
+    if like[:1].isupper() and like[1:].islower():
+        return text[:1].upper() + text[1:].lower()
+    return text
+
+
+def _value_span(text, param, value):
+    """(start, end) of the value as written in the message, or None when it cannot be found once."""
+    if param == "armed":
+        pattern = r"\bdisarm(?:ed|ing)?\b" if value is False else r"\b(?<!dis)arm(?:ed|ing)?\b"
+    elif isinstance(value, int):
+        pattern = rf"(?<![\d.]){value}(?![\d])"
+    else:
+        pattern = r"\b" + r"[\s-]*".join(re.escape(part) for part in re.findall(r"[a-z]+|\d+", value.lower())) + r"\b"
+    found = list(re.finditer(pattern, text, re.IGNORECASE))
+    return found[0].span() if len(found) == 1 else None
+
+
+def _candidates(device, param, written):
+    spec = DEVICES[device][param]
+    if spec[0] == "int":
+        return tuple(str(n) for n in range(spec[1], spec[2] + 1))
+    if spec[0] == "bool":
+        base = written.lower().removeprefix("dis")
+        return tuple(_cased(w, written) for w in (base, "dis" + base))
+    return tuple(_cased(v, written) for v in spec[1])
+
+
+def _answer_index(candidates, written, value, param):
+    if param == "armed":
+        return 0 if value else 1
+    if isinstance(value, int):
+        return candidates.index(written) if written in candidates else None
+    spec_values = [c.lower() for c in candidates]
+    return spec_values.index(value.lower()) if value.lower() in spec_values else None
+
+
+def cloze_items(dialogs, indices_by_persona, actions_of):
+    """Every stated routine value in the given dialogues ({persona: indices}); actions_of(index) gives
+    the actions of each message of a dialogue (scripts/routine_knowledge.message_actions)."""
+    items = []
+    for persona, indices in indices_by_persona.items():
+        for index in indices:
+            dialog = dialogs[index]
+            prescribed = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [],
+                                             dialog.get("applied_routines"))
+            if not prescribed:
+                continue
+            actions = actions_of(index)
+            for k, message in enumerate(dialog["messages"]):
+                if message["role"] != "user":
+                    continue
+                for device, params in actions[k].items():
+                    for param, value in params.items():
+                        if prescribed.get(device, {}).get(param) != value or param not in prescribed[device]:
+                            continue
+                        item = _item(persona, index, k, message["text"], device, param, value)
+                        if item is not None:
+                            items.append(item)
+    return items
+
+
+def _item(persona, index, k, text, device, param, value):
+    span = _value_span(text, param, value)
+    if span is None:
+        return None
+    written = text[span[0]:span[1]]
+    candidates = _candidates(device, param, written)
+    if not isinstance(value, int) or param == "armed":
+        answer = _answer_index(candidates, written, value, param)
+        candidates = tuple(written if i == answer else c for i, c in enumerate(candidates))
+    else:
+        answer = _answer_index(candidates, written, value, param)
+    if answer is None:
+        return None
+    after = re.match(r"\s*[^\s]*", text[span[1]:]).group(0)
+    return ClozeItem(persona, index, k, device, param, value, text[:span[0]], after, candidates, answer)
+
+
+def item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved=()):
+    """(shared prefix ids, [candidate tail ids]): the prompt up to the cut, then each candidate + next word."""
+    marker = "\u2063"  # an invisible separator that no template rewrites
+    messages = build_turn_messages(dialog, item.message_index, prompt_cfg, retrieved)
+    messages.append({"role": "user", "content": item.before + marker})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    prefix_text = rendered[: rendered.index(marker)]
+    full = [tokenizer(prefix_text + c + item.after, add_special_tokens=False)["input_ids"] for c in item.candidates]
+    shared = len(full[0])
+    for ids in full[1:]:
+        shared = min(shared, next((j for j, (a, b) in enumerate(zip(full[0], ids)) if a != b), min(len(ids), shared)))
+    shared = min(shared, min(len(ids) for ids in full) - 1)  # every candidate keeps a token to score
+    return full[0][:shared], [ids[shared:] for ids in full]
+
+
+@torch.no_grad()
+def candidate_logprobs(model, prefix, tails, pad_id, adapter=None):
+    """log p(tail | prefix) for each tail, with the prefix computed once and its cache shared."""
+    device = next(model.parameters()).device
+    names = {} if adapter is None else {"adapter_names": [adapter]}
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **names)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(tails))
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(tails), len(prefix) + width), dtype=torch.long, device=device)
+    mask[:, : len(prefix)] = 1
+    for row, tail in enumerate(tails):
+        ids[row, : len(tail)] = torch.tensor(tail, device=device)
+        mask[row, len(prefix): len(prefix) + len(tail)] = 1
+    names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
+    logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, **names).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    scores = []
+    for row, tail in enumerate(tails):
+        total = first[tail[0]]
+        for j in range(1, len(tail)):
+            total = total + logp[row, j - 1, tail[j]]
+        scores.append(float(total))
+    return scores
+
+
+def majority_values(dialogs, train_indices, actions_of):
+    """{(device, param): the most common value the users state in all train dialogues}."""
+    counts = Counter()
+    for item in cloze_items(dialogs, {"all": train_indices}, actions_of):
+        counts[(item.device, item.param, item.value)] += 1
+    best = {}
+    for (device, param, value), n in counts.most_common():
+        best.setdefault((device, param), value)
+    return best
+
+
+def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, majority, retriever=None):
+    """ClozeResults of one arm; adapter_of(persona) names each persona's adapter (None: skip it)."""
+    results = []
+    for item in items:
+        adapter = adapter_of(item.persona_id)
+        if adapter is None:
+            continue
+        dialog = dialogs[item.dialog_index]
+        retrieved = ()
+        if prompt_cfg["retrieval"]:
+            retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index],
+                                                  item.dialog_index)])[0]
+        prefix, tails = item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved)
+        scores = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id,
+                                    adapter if hasattr(model, "peft_config") else None)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        results.append(ClozeResult(item.persona_id, arm, item.dialog_index, item.message_index, best == item.answer,
+                                   1 / len(item.candidates), majority.get((item.device, item.param)) == item.value))
+    return results
