@@ -20,6 +20,7 @@ import time
 import torch
 from common import demo_dataset, peak_rss_mb, training_examples
 
+from scripts.adapters import seeded
 from scripts.config import load_config
 from scripts.modeling import load_model_and_tokenizer
 from scripts.multi_lora import train_group
@@ -58,6 +59,7 @@ def main():
                         help="sequences per forward pass in the batched trainer (default: 1 on CPU, all on a GPU)")
     args = parser.parse_args()
     cfg = load_config(args.config)
+    cfg = seeded(cfg, cfg["training"]["seeds"][0])  # one training run: the first seed
     cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)
     micro = args.micro_batch_size if args.micro_batch_size is not None else (1 if args.device == "cpu" else 0)
     cfg["training"]["micro_batch_size"] = micro

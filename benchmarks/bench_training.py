@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from common import demo_dataset, peak_rss_mb, training_examples
 
-from scripts.adapters import AdapterJob, lora_config
+from scripts.adapters import AdapterJob, lora_config, seeded
 from scripts.config import load_config
 from scripts.modeling import load_model_and_tokenizer
 from scripts.prompting import build_turn_messages
@@ -88,6 +88,7 @@ def main():
                         help="the guide's batch of turn examples; ours batches whole dialogues (~5 turns each)")
     args = parser.parse_args()
     cfg = load_config(args.config)
+    cfg = seeded(cfg, cfg["training"]["seeds"][0])  # one training run: the first seed
     cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)  # same epochs on both sides
     guide = {**cfg, "training": {**cfg["training"], "batch_size": args.guide_batch_size}}
     ours_epochs = args.ours_epochs or args.epochs
@@ -105,7 +106,7 @@ def main():
         trainer = AdapterTrainer(model, tokenizer, cfg, examples)
         ours_val = {}
         for persona, train_ix, val_ix in jobs:
-            log = trainer.train(AdapterJob(persona, train_ix, val_ix, Path(f"{out}/ours/{persona}")), {})
+            log = trainer.train(AdapterJob(persona, train_ix, val_ix, 0, Path(f"{out}/ours/{persona}")), {})
             ours_val[persona] = log["best_val_loss"]  # mean_loss on the same val examples, inside train_adapter
         ours_s = time.perf_counter() - t
         ours_rss = peak_rss_mb()

@@ -1,11 +1,17 @@
 """LoRA adapter folders: their config, where each arm keeps them, saving, loading and merging.
 
+Each training seed (config training.seeds) has its own folder under the arm's root:
+`<root>/seed_<s>/` for the unified adapter, `<root>/seed_<s>/<persona_id>/` for per-user ones;
+a per-user-on-unified adapter of seed s sits on the unified adapter of seed s.
+
 An adapter is a standard PEFT folder (adapter_config.json, adapter_model.safetensors) plus the
 train_log.json this project writes beside them; a folder is complete only with all three, which
 is how a rerun knows what to skip. Adapters are written under a temporary name and renamed into
 place (scripts/data_io.atomic_path), so an interrupted run never leaves a complete-looking folder.
 """
 
+import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +22,11 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_log.
 
 @dataclass
 class AdapterJob:
-    """One adapter to train: its name (a persona id, or 'all'), its data and its folder."""
+    """One adapter to train: its name (a persona id, or 'all'), its data, its seed and its folder."""
     name: str
     train: list
     val: list
+    seed: int
     folder: Path
 
 
@@ -35,19 +42,38 @@ def is_complete(folder):
     return all((Path(folder) / name).is_file() for name in ADAPTER_FILES)
 
 
-def arm_folder(adapters_cfg, arm, persona=None):
-    """Where an adapter arm keeps its adapter: one folder for lora_all, one per persona for the others."""
-    root = Path(adapters_cfg[arm])
+def arm_folder(adapters_cfg, arm, persona=None, seed=0):
+    """Where an adapter arm keeps one seed's adapter: one folder for lora_all, one per persona for the others."""
+    root = Path(adapters_cfg[arm]) / f"seed_{seed}"
     return root if arm == "lora_all" else root / persona
 
 
-def jobs_for(scope_arm, splits, personas, root):
-    """The AdapterJobs of a training scope: one unified job over all personas, or one per persona."""
+def seeds_found(root):
+    """The training seeds that have a folder under an arm's root, in order."""
     root = Path(root)
-    if scope_arm == "lora_all":
-        return [AdapterJob("all", [i for p in personas for i in splits[p]["train"]],
-                           [i for p in personas for i in splits[p]["val"]], root)]
-    return [AdapterJob(p, splits[p]["train"], splits[p]["val"], root / p) for p in personas]
+    found = [int(m.group(1)) for p in root.glob("seed_*") if p.is_dir() and (m := re.fullmatch(r"seed_(\d+)", p.name))]
+    return sorted(found)
+
+
+def seeded(cfg, seed):
+    """The config with training.seed set: what one seed's training run reads (config files list training.seeds)."""
+    out = copy.deepcopy(cfg)
+    out["training"]["seed"] = seed
+    return out
+
+
+def jobs_for(scope_arm, splits, personas, root, seeds):
+    """The AdapterJobs of a training scope, per seed: one unified job over all personas, or one per persona."""
+    root = Path(root)
+    jobs = []
+    for seed in seeds:
+        if scope_arm == "lora_all":
+            jobs.append(AdapterJob("all", [i for p in personas for i in splits[p]["train"]],
+                                   [i for p in personas for i in splits[p]["val"]], seed, root / f"seed_{seed}"))
+        else:
+            jobs += [AdapterJob(p, splits[p]["train"], splits[p]["val"], seed, root / f"seed_{seed}" / p)
+                     for p in personas]
+    return jobs
 
 
 def save_adapter(peft_model, adapter_name, folder, log):

@@ -43,6 +43,7 @@ class ClozeItem:
 class ClozeResult:
     persona_id: str
     arm: str
+    seed: object  # the adapter's training seed; None for prompt arms
     dialog_index: int
     message_index: int
     correct: bool
@@ -186,7 +187,7 @@ def majority_values(dialogs, train_indices, actions_of):
     return best
 
 
-def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, majority, retriever=None):
+def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, majority, retriever=None, seed=None):
     """ClozeResults of one arm; adapter_of(persona) names each persona's adapter (None: skip it)."""
     results = []
     for item in items:
@@ -202,6 +203,6 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, m
         scores = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id,
                                     adapter if hasattr(model, "peft_config") else None)
         best = max(range(len(scores)), key=scores.__getitem__)
-        results.append(ClozeResult(item.persona_id, arm, item.dialog_index, item.message_index, best == item.answer,
+        results.append(ClozeResult(item.persona_id, arm, seed, item.dialog_index, item.message_index, best == item.answer,
                                    1 / len(item.candidates), majority.get((item.device, item.param)) == item.value))
     return results

@@ -79,8 +79,8 @@ SCHEMA = {
         "batch_size": (int, 4),
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
+        "seeds": (list, [0]),                  # one adapter per seed, each in <arm root>/seed_<s>/
         "loss_on": (str, "assistant"),         # "assistant" (the guide's) or "all": user turns supervised too
-        "seed": (int, 0),
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
         "micro_batch_size": (int, 0),     # with K > 1: sequences per forward pass (0: the whole step)
     },
@@ -94,6 +94,7 @@ SCHEMA = {
         "best_on_val": (bool, True),
         "primary_metric": (str, "routine_f1"),
         "n_bootstrap": (int, 2000),
+        "min_personas": (int, 10),             # fewer personas than this: the verdict is "too few personas"
     },
 }
 
@@ -130,6 +131,7 @@ RANGES = {
     ("training", "parallel_personas"): (1, None, True),
     ("training", "micro_batch_size"): (0, None, True),
     ("arms", "n_bootstrap"): (100, None, True),
+    ("arms", "min_personas"): (1, None, True),
 }
 
 
@@ -160,8 +162,11 @@ def _range_problem(value, low, high, low_inclusive):
 
 
 def _list_problem(section, key, value):
-    """Checks of the list-valued keys: non-empty strings, known arm names, no repeats."""
-    if not value or not all(isinstance(v, str) and v for v in value):
+    """Checks of the list-valued keys: non-empty strings (seeds: integers >= 0), known arm names, no repeats."""
+    if (section, key) == ("training", "seeds"):
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            return f"must be a non-empty list of integers >= 0, got {json.dumps(value)}"
+    elif not value or not all(isinstance(v, str) and v for v in value):
         return "must be a non-empty list of names"
     if len(set(value)) != len(value):
         return f"repeats a name: {value}"

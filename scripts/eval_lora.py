@@ -32,10 +32,11 @@ from scripts.modeling import distributed_state, gather_rows, load_embedder
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
 from scripts.routine_knowledge import policy_reply
 from scripts.splits import choose_personas, load_splits, split_indices
-from scripts.tables import (arm_frame, comparison_table, csv_rows, markdown_table, persona_frame, with_cloze,
+from scripts.tables import (arm_table, comparisons, csv_rows, markdown_tables, persona_frame, pooled_table, seed_frame,
                             with_deltas)
 
-REFERENCE_ARMS = ("baseline", "lora_all")
+REFERENCE_ARMS = ("baseline", "lora_all", "retrieval")
+SECONDARY_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
 PLOT_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
 PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "retrieval")
 
@@ -52,13 +53,13 @@ class Evaluation:
 
 
 def evaluate_split(ev, split, arms, personas, max_examples):
-    """{arm: turn records} of one split for these personas."""
+    """{arm: turn records} of one split for these personas; adapter arms' records carry their seed."""
     turns = collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples)
     records = {}
     for arm in [a for a in arms if a in POLICY_ARMS]:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
                                 ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0]) for t in turns]
-        records[arm] = ev.scorer.score(ev.dialogs, turns, replies)
+        records[arm] = ev.scorer.score(ev.dialogs, [{**t, "seed": None} for t in turns], replies)
     for group in ev.groups:
         rows = generation_rows(group, [a for a in arms if a in group.arms], turns)
         if not rows:
@@ -66,12 +67,13 @@ def evaluate_split(ev, split, arms, personas, max_examples):
         replies = generate_rows(group, rows, turns, ev.dialogs, ev.cfg, ev.retriever, f"{split} {group.name}")
         for arm in dict.fromkeys(r.arm for r in rows):
             picked = [i for i, r in enumerate(rows) if r.arm == arm]
-            records[arm] = ev.scorer.score(ev.dialogs, [turns[rows[i].turn] for i in picked], [replies[i] for i in picked])
+            records.setdefault(arm, []).extend(ev.scorer.score(
+                ev.dialogs, [{**turns[rows[i].turn], "seed": rows[i].seed} for i in picked], [replies[i] for i in picked]))
     return records
 
 
 def evaluate_cloze(ev, personas):
-    """ClozeResults of every model arm on the test split's stated routine values."""
+    """ClozeResults of every model arm (every seed) on the test split's stated routine values."""
     def actions_of(index):
         return ev.scorer.dialog_state(ev.dialogs, index)[0]
 
@@ -80,8 +82,12 @@ def evaluate_cloze(ev, personas):
     results = []
     for group in ev.groups:
         for arm in group.arms:
-            results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
-                                   arm, lambda p, arm=arm, group=group: group.adapter_for(arm, p), majority, ev.retriever)
+            seeds = {s for p in personas for s in group.adapters_for(arm, p)}
+            for seed in sorted(seeds, key=lambda s: -1 if s is None else s):
+                def adapter_of(persona, arm=arm, seed=seed, group=group):
+                    return group.adapters_for(arm, persona).get(seed)
+                results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
+                                       arm, adapter_of, majority, ev.retriever, seed)
     return results
 
 
@@ -103,7 +109,7 @@ def prompt_mismatches(cfg, availability):
     wanted = {k: cfg["prompt"][k] for k in PROMPT_KEYS}
     differing = {}
     for arm, found in availability.items():
-        for persona, folder in found.found.items():
+        for folder in [f for by_seed in found.found.values() for f in by_seed.values()]:
             trained = read_json(Path(folder) / "train_log.json").get("prompt")
             if trained is None:
                 continue
@@ -177,33 +183,40 @@ def main():
     if val:
         choice, test["best_on_val"] = best_on_val(val, test, metric, model_arms)
     n_turns = len({(r["dialog_index"], r["turn_index"]) for records in test.values() for r in records})
-    frame, arm_table = with_cloze(persona_frame(test), arm_frame(test), cloze)
-    delta_metrics = list(dict.fromkeys([metric, "param_f1", "embedding_similarity"]))
-    table = comparison_table(frame, arm_table, REFERENCE_ARMS, delta_metrics, cfg["arms"]["n_bootstrap"])
-    markdown = markdown_table(table, metric)
+    seeds = seed_frame(test, cloze)
+    frame = persona_frame(seeds)
+    table = arm_table(frame, seeds, metric, cfg["arms"]["n_bootstrap"])
+    compared = comparisons(seeds, [a for a in test if a not in POLICY_ARMS], REFERENCE_ARMS, metric,
+                           SECONDARY_METRICS, cfg["arms"]["n_bootstrap"], cfg["arms"]["min_personas"])
+    markdown = markdown_tables(table, compared, metric)
 
     # ---- write
     out = Path(args.output_dir)
     write_json(out / "arm_metrics.json", {
-        "config_file": cfg["_source"], "split": "test", "primary_metric": metric,
-        "turns": n_turns,
-        "arms": json.loads(arm_table.to_json(orient="index")),
-        "val_arms": json.loads(arm_frame(val).to_json(orient="index")) if val else {},
+        "config_file": cfg["_source"], "split": "test", "primary_metric": metric, "turns": n_turns,
+        "arms": json.loads(table.to_json(orient="index")),
+        "comparisons": csv_rows(compared),
         "best_on_val_choice": choice,
         "missing_adapters": {arm: found.missing for arm, found in availability.items() if found.missing},
-        "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>")) for arm in availability},
+        "seeds": {arm: found.seeds() for arm, found in availability.items()},
+        "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>", "<seed>")) for arm in availability},
         "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
-    write_csv(out / "per_persona.csv", csv_rows(with_deltas(frame, REFERENCE_ARMS, delta_metrics)))
-    write_csv(out / "comparison.csv", csv_rows(table))
+    write_csv(out / "per_persona.csv", csv_rows(with_deltas(frame, REFERENCE_ARMS, [metric, *SECONDARY_METRICS])))
+    write_csv(out / "per_persona_seed.csv", csv_rows(seeds))
+    write_csv(out / "comparison.csv", csv_rows(compared))
+    write_csv(out / "arm_metrics_pooled.csv", csv_rows(pooled_table(test).reset_index()))
+    if val:
+        write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))
     write_text_atomic(out / "comparison.md", markdown)
     plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
              arm_comparison(frame, PLOT_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
-    if "lora_all" in arm_table.index and {"lora_per_user", "lora_per_user_on_all"} & set(arm_table.index):
-        plots.append(per_user_vs_unified(frame, metric, out / "per_user_vs_unified.png"))
+    if "lora_all" in table.index and {"lora_per_user", "lora_per_user_on_all"} & set(table.index):
+        plots.append(per_user_vs_unified(seeds, metric, out / "per_user_vs_unified.png"))
     print()
     print(markdown)
     print(f"{n_turns} test turns, {frame['persona_id'].nunique()} personas, "
-          f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, comparison.csv, comparison.md")
+          f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, per_persona_seed.csv, "
+          f"comparison.csv, comparison.md, arm_metrics_pooled.csv")
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
 

@@ -56,16 +56,20 @@ def arm_comparison(frame, metrics, path, n_boot=2000):
     return _save(fig, path)
 
 
-def per_user_vs_unified(frame, metric, path):
-    """Each persona: the unified adapter's score (x) against the per-user arms' (y)."""
-    table = frame.pivot(index="persona_id", columns="arm", values=metric)
+def per_user_vs_unified(seeds, metric, path):
+    """Each persona: the unified adapter's score (x) against the per-user arms' (y), mean over seeds,
+    with bars spanning the lowest to the highest seed."""
+    stats = seeds.groupby(["persona_id", "arm"])[metric].agg(["mean", "min", "max"]).reset_index()
+    unified = stats[stats["arm"] == "lora_all"].set_index("persona_id")
     fig, ax = plt.subplots(figsize=(3.8, 3.6))
     for arm, marker in (("lora_per_user", "o"), ("lora_per_user_on_all", "^")):
-        if arm in table:
-            points = table[["lora_all", arm]].dropna()
-            ax.scatter(points["lora_all"], points[arm], marker=marker, label=arm, alpha=0.8)
+        points = stats[stats["arm"] == arm].set_index("persona_id").join(unified, rsuffix="_all", how="inner").dropna()
+        if len(points):
+            ax.errorbar(points["mean_all"], points["mean"], fmt=marker, alpha=0.8, label=arm, capsize=2,
+                        xerr=[points["mean_all"] - points["min_all"], points["max_all"] - points["mean_all"]],
+                        yerr=[points["mean"] - points["min"], points["max"] - points["mean"]])
     ax.plot([0, 1], [0, 1], color="black", lw=1)
-    ax.set_xlabel(f"lora_all {metric}")
-    ax.set_ylabel(f"per-user {metric}")
+    ax.set_xlabel(f"lora_all {metric} (seed range)")
+    ax.set_ylabel(f"per-user {metric} (seed range)")
     ax.legend(fontsize=7)
     return _save(fig, path)

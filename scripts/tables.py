@@ -1,64 +1,118 @@
-"""The evaluation's tables as pandas DataFrames: per persona, per arm, deltas and the comparison.
+"""The evaluation's tables as pandas DataFrames: per persona and seed, per persona, per arm, comparisons.
 
-`persona_frame` is the long table (one row per persona and arm, one column per metric) from which
-everything else is pivoted: the per-persona deltas against a reference arm, and the comparison of
-each arm against the reference arms with the paired statistics of scripts/study_stats.py.
+`seed_frame` is the long table (one row per persona, arm and training seed; seed None for arms
+that are not trained) from which everything else comes: `persona_frame` averages each persona's
+seeds, `arm_table` averages personas (macro: the same unit as the deltas), and `comparisons` runs
+the paired statistics and the decision rule of scripts/study_stats.py on the seed-level scores.
+Turn-pooled (micro) figures are kept apart, in `pooled_table`.
 """
 
+from collections import defaultdict
+
+import numpy as np
 import pandas as pd
 
 from scripts.evaluation import SUMMARY_COLUMNS, aggregate, aggregate_per_persona
-from scripts.study_stats import paired_comparison
+from scripts.study_stats import bootstrap_ci, compare, decide
 
 POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing scores",
                 "echo": "repeats the user's last message (no model): what copying the user scores",
                 "oracle": "states the applied routine's settings for the devices talked about (no model, reads "
                           "the reference): what perfect memory scores"}
+ARM_COLUMNS = ("macro_routine_f1",) + SUMMARY_COLUMNS + ("cloze_top1", "cloze_chance", "cloze_majority")
 
 
-def persona_frame(records_by_arm):
-    """One row per (persona, arm): that persona's metrics on that arm."""
-    rows = [{"persona_id": persona, "arm": arm, **metrics}
-            for arm, records in records_by_arm.items()
-            for persona, metrics in aggregate_per_persona(records).items()]
-    return pd.DataFrame(rows).sort_values(["persona_id", "arm"], kind="stable").reset_index(drop=True)
+def seed_frame(records_by_arm, cloze_results=()):
+    """One row per (persona, arm, seed): that persona's metrics on that arm's adapter of that seed."""
+    rows = {}
+    for arm, records in records_by_arm.items():
+        by_seed = defaultdict(list)
+        for r in records:
+            by_seed[r.get("seed")].append(r)
+        for seed, seed_records in by_seed.items():
+            for persona, metrics in aggregate_per_persona(seed_records).items():
+                rows[(persona, arm, seed)] = {"persona_id": persona, "arm": arm, "seed": seed, **metrics}
+    cloze = defaultdict(list)
+    for c in cloze_results:
+        cloze[(c.persona_id, c.arm, c.seed)].append(c)
+    for key, results in cloze.items():
+        if key in rows:
+            rows[key].update(cloze_top1=float(np.mean([c.correct for c in results])), cloze_items=len(results),
+                             cloze_chance=float(np.mean([c.chance for c in results])),
+                             cloze_majority=float(np.mean([c.majority_correct for c in results])))
+    arm_order = {arm: k for k, arm in enumerate(records_by_arm)}
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.sort_values(["persona_id", "arm"], key=lambda col: col.map(arm_order) if col.name == "arm" else col,
+                             kind="stable").reset_index(drop=True)
 
 
-def arm_frame(records_by_arm):
-    """One row per arm: its metrics over all its turns (pooled)."""
+def _numeric(frame):
+    return [c for c in frame.columns if c not in ("persona_id", "arm", "seed") and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def persona_frame(seeds):
+    """One row per (persona, arm): the mean over its seeds, and how many seeds there were."""
+    grouped = seeds.groupby(["persona_id", "arm"], sort=False)
+    frame = grouped[_numeric(seeds)].mean()
+    frame["seeds"] = grouped.size()
+    return frame.reset_index()
+
+
+def arm_table(frame, seeds, metric, n_boot=2000):
+    """One row per arm: means over personas (macro), the primary metric's 95% interval and its SD between seeds."""
+    table = frame.groupby("arm", sort=False)[_numeric(frame)].mean()
+    table["personas"] = frame.groupby("arm", sort=False)["persona_id"].nunique()
+    table["turns"] = frame.groupby("arm", sort=False)["turns"].sum()
+    table["seeds"] = seeds.groupby("arm", sort=False)["seed"].nunique()
+    for arm in table.index:
+        scores = scores_by_persona(seeds, arm, metric)
+        if scores:
+            matrix = np.array([np.nanmean(v) for v in scores.values()])[:, None]
+            table.loc[arm, f"{metric}_ci_low"], table.loc[arm, f"{metric}_ci_high"] = bootstrap_ci(
+                matrix, np.zeros_like(matrix), n_boot)
+        per_seed = seeds[(seeds["arm"] == arm) & seeds["seed"].notna()].groupby("seed")[metric].mean()
+        table.loc[arm, f"{metric}_seed_sd"] = per_seed.std(ddof=1) if len(per_seed) > 1 else np.nan
+    return table
+
+
+def pooled_table(records_by_arm):
+    """One row per arm: its metrics over all its turns pooled (micro), a secondary view."""
     return pd.DataFrame([{"arm": arm, **aggregate(records)} for arm, records in records_by_arm.items()]).set_index("arm")
 
 
-def with_cloze(frame, arm_table, results):
-    """The per-persona and per-arm tables with the preference cloze's columns: top-1 accuracy,
-    items, chance and the majority-value baseline (per arm: means over personas)."""
-    if not results:
-        return frame, arm_table
-    cloze = (pd.DataFrame([vars(r) for r in results])
-             .groupby(["persona_id", "arm"])
-             .agg(cloze_top1=("correct", "mean"), cloze_items=("correct", "size"), cloze_chance=("chance", "mean"),
-                  cloze_majority=("majority_correct", "mean"))
-             .reset_index())
-    frame = frame.merge(cloze, on=["persona_id", "arm"], how="left")
-    per_arm = cloze.groupby("arm")[["cloze_top1", "cloze_chance", "cloze_majority"]].mean()
-    return frame, arm_table.join(per_arm)
+def scores_by_persona(seeds, arm, metric):
+    """{persona: [the metric on each seed]} of one arm, personas with no defined value left out."""
+    rows = seeds[(seeds["arm"] == arm)]
+    if metric not in rows:
+        return {}
+    out = {}
+    for persona, values in rows.groupby("persona_id")[metric]:
+        values = values.dropna().to_numpy(dtype=float)
+        if len(values):
+            out[persona] = values
+    return out
 
 
-def csv_rows(frame):
-    """Rows as dicts with None (an empty CSV cell, JSON null) where pandas has NaN."""
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")
-
-
-def wide(frame, metric):
-    """persona x arm table of one metric."""
-    return frame.pivot(index="persona_id", columns="arm", values=metric)
+def comparisons(seeds, arms, refs, primary, secondary, n_boot, min_personas):
+    """Every arm against every reference arm: the primary metric's family gets Holm and verdicts."""
+    family, others = [], []
+    for metric in [primary, *[m for m in secondary if m != primary]]:
+        for arm in arms:
+            for ref in refs:
+                if ref == arm or ref not in arms:
+                    continue
+                result = compare(arm, ref, metric, scores_by_persona(seeds, arm, metric),
+                                 scores_by_persona(seeds, ref, metric), n_boot, seed=0)
+                (family if metric == primary else others).append(result)
+    decide(family, min_personas)
+    return pd.DataFrame([vars(c) for c in family + others])
 
 
 def with_deltas(frame, refs, metrics):
-    """The long table with delta_vs_<ref>_<metric> columns: each row's metric minus the reference arm's."""
+    """The per-persona table with delta_vs_<ref>_<metric> columns: each row's metric minus the reference arm's."""
     out = frame.copy()
-    for metric in metrics:
-        table = wide(frame, metric)
+    for metric in [m for m in metrics if m in frame]:
+        table = frame.pivot(index="persona_id", columns="arm", values=metric)
         for ref in refs:
             if ref not in table:
                 continue
@@ -68,60 +122,65 @@ def with_deltas(frame, refs, metrics):
     return out
 
 
-def comparison_table(frame, arms, refs, metrics, n_boot):
-    """One row per arm: its pooled metrics, then per reference arm and metric the paired statistics."""
-    rows = []
-    for arm in arms.index:
-        row = {"arm": arm, **{k: arms.loc[arm].get(k) for k in ("personas", "macro_routine_f1") + SUMMARY_COLUMNS
-                              + ("cloze_top1", "cloze_chance", "cloze_majority")}}
-        for ref in refs:
-            if ref == arm or ref not in arms.index:
-                continue
-            for metric in metrics:
-                table = wide(frame, metric)
-                stats = paired_comparison(table[arm].dropna().to_dict(), table[ref].dropna().to_dict(), n_boot, seed=0)
-                row.update({f"vs_{ref}:{metric}:{key}": value for key, value in stats.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+def csv_rows(frame):
+    """Rows as dicts with None (an empty CSV cell, JSON null) where pandas has NaN."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
 def fmt(value, digits=3):
     return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def markdown_table(table, metric):
-    """The comparison as a markdown table: the headline metrics and the deltas on `metric`."""
-    def delta(row, ref):
-        d = row.get(f"vs_{ref}:{metric}:macro_delta")
-        if d is None or pd.isna(d):
-            return "–"
-        return f"{d:+.3f} [{row[f'vs_{ref}:{metric}:ci_low']:+.3f}, {row[f'vs_{ref}:{metric}:ci_high']:+.3f}]"
+def _interval(row, metric):
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    return fmt(row.get(metric)) + ("" if low is None or pd.isna(low) else f" [{low:.3f}, {high:.3f}]")
 
-    def helped(row):
-        h = row.get(f"vs_baseline:{metric}:helped")
-        return "–" if h is None or pd.isna(h) else f"{h:.0%} / {row[f'vs_baseline:{metric}:hurt']:.0%}"
 
-    def sign_p(row):
-        p = row.get(f"vs_baseline:{metric}:sign_test_p")
-        return "–" if p is None or pd.isna(p) else f"{p:.3g}"
+SHOWN = (("routine F1", "routine_f1"), ("cloze top-1", "cloze_top1"), ("param F1", "param_f1"),
+         ("device F1", "device_f1"), ("embedding sim", "embedding_similarity"))
 
-    shown = pd.DataFrame({
-        "arm": table["arm"], "personas": table["personas"].astype("Int64").astype(str),
-        "turns": table["turns"].astype("Int64").astype(str),
-        "routine F1 (macro)": table["macro_routine_f1"].map(fmt), "routine P / R (pooled)": [
-            f"{fmt(r['routine_precision'])} / {fmt(r['routine_recall'])}" for _, r in table.iterrows()],
-        "param F1": table["param_f1"].map(fmt), "given / private": [
-            f"{fmt(r['param_given_f1'])} / {fmt(r['param_private_f1'])}" for _, r in table.iterrows()],
-        "device F1": table["device_f1"].map(fmt), "embedding sim": table["embedding_similarity"].map(fmt),
-        "cloze top-1": table["cloze_top1"].map(fmt),
-        f"Δ {metric} vs baseline [95% CI]": [delta(r, "baseline") for _, r in table.iterrows()],
-        "helped / hurt": [helped(r) for _, r in table.iterrows()],
-        "sign p": [sign_p(r) for _, r in table.iterrows()],
-        f"Δ {metric} vs lora_all [95% CI]": [delta(r, "lora_all") for _, r in table.iterrows()],
+
+def markdown_tables(table, compared, metric):
+    """The arms (means over personas) and the comparisons on the primary metric, as markdown, with notes."""
+    rows = table.reset_index()
+
+    def column(name):
+        return rows[name].map(fmt) if name in rows else pd.Series(["n/a"] * len(rows))
+
+    arms = pd.DataFrame({
+        "arm": rows["arm"], "personas": rows["personas"].astype("Int64").astype(str),
+        "seeds": rows["seeds"].astype("Int64").astype(str),
+        f"{metric} [95% CI]": [_interval(r, metric) for _, r in rows.iterrows()],
+        "seed SD": [fmt(r.get(f"{metric}_seed_sd")) for _, r in rows.iterrows()],
+        **{label: column(name) for label, name in SHOWN if name != metric},
+        "param given / private": [f"{fmt(r['param_given_f1'])} / {fmt(r['param_private_f1'])}"
+                                  for _, r in rows.iterrows()],
     })
-    notes = [f"- {arm}: {POLICY_NOTES[arm]}" for arm in table["arm"] if arm in POLICY_NOTES]
-    if table["cloze_chance"].notna().any():
+    primary = compared[compared["metric"] == metric] if len(compared) else compared
+    comparison = pd.DataFrame({
+        "arm": primary.get("arm", []), "vs": primary.get("ref", []),
+        "personas": primary.get("personas", pd.Series(dtype=int)).astype(str),
+        f"Δ {metric} [95% CI]": [f"{r['macro_delta']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                                  if r["personas"] else "n/a" for _, r in primary.iterrows()],
+        "helped / hurt": [f"{r['helped']:.0%} / {r['hurt']:.0%}" if r["personas"] else "n/a"
+                          for _, r in primary.iterrows()],
+        "sign p": primary.get("sign_p", pd.Series(dtype=float)).map(lambda v: fmt(v, 3)),
+        "Wilcoxon p": primary.get("wilcoxon_p", pd.Series(dtype=float)).map(lambda v: fmt(v, 3)),
+        "Holm p": primary.get("holm_p", pd.Series(dtype=float)).map(lambda v: fmt(v, 3)),
+        "MDE (80% power)": primary.get("mde", pd.Series(dtype=float)).map(fmt),
+        "verdict": primary.get("verdict", pd.Series(dtype=object)),
+    })
+    notes = [f"- {arm}: {POLICY_NOTES[arm]}" for arm in rows["arm"] if arm in POLICY_NOTES]
+    if "cloze_chance" in rows and rows["cloze_chance"].notna().any():
         notes.append(f"- cloze top-1: the user's routine value ranked first where the user states it; chance "
-                     f"{fmt(table['cloze_chance'].dropna().iloc[0])}, always the most common train value "
-                     f"{fmt(table['cloze_majority'].dropna().iloc[0])}")
-    return shown.to_markdown(index=False, disable_numparse=True) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+                     f"{fmt(rows['cloze_chance'].dropna().iloc[0])}, always the most common train value "
+                     f"{fmt(rows['cloze_majority'].dropna().iloc[0])}")
+    trained = rows[rows["seeds"] > 0]
+    if len(trained) and trained["seeds"].max() == 1:
+        notes.append("- one training seed per adapter arm: seed-to-seed variance is not in these intervals")
+    notes.append("- verdict: wins / loses need Holm-adjusted Wilcoxon p < 0.05 over the comparisons of this table "
+                 "and a 95% interval (personas and seeds resampled) that excludes 0; MDE: the smallest true Δ "
+                 "these personas would detect with 80% power")
+    return (arms.to_markdown(index=False, disable_numparse=True) + "\n\n"
+            + (comparison.to_markdown(index=False, disable_numparse=True) + "\n\n" if len(comparison) else "")
+            + "\n".join(notes) + "\n")

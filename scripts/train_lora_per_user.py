@@ -16,11 +16,12 @@ training.parallel_personas = K > 1 trains K personas' adapters in one batched pa
 Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N ...` on CPU)
 split the persona list between them; the summary covers all of them.
 
-Scopes write to the config's `adapters` section (or --output_dir):
-  all              adapters.lora_all             (models/lora_all/)
-  per_user         adapters.lora_per_user        (models/lora_per_user/<persona_id>/)
-  per_user_on_all  adapters.lora_per_user_on_all (models/lora_per_user_on_all/<persona_id>/),
-                   trained on the base model with adapters.lora_all merged in
+Every adapter is trained once per seed of training.seeds. Scopes write to the config's `adapters`
+section (or --output_dir):
+  all              adapters.lora_all             (models/lora_all/seed_<s>/)
+  per_user         adapters.lora_per_user        (models/lora_per_user/seed_<s>/<persona_id>/)
+  per_user_on_all  adapters.lora_per_user_on_all (models/lora_per_user_on_all/seed_<s>/<persona_id>/),
+                   trained on the base model with the unified adapter of the same seed merged in
 """
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from scripts.adapters import is_complete, jobs_for, merge_unified
+from scripts.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
 from scripts.config import SCOPE_ARM, load_config
 from scripts.data_io import UserError, load_dialogs, read_json, run_cli, write_csv
 from scripts.modeling import distributed_state, gather_rows, load_model_and_tokenizer
@@ -38,13 +39,13 @@ from scripts.multi_lora import train_in_groups
 from scripts.splits import choose_personas, load_splits
 from scripts.training import AdapterTrainer, tokenized_dialogs
 
-SUMMARY_FIELDS = ("persona_id", "status", "train_loss", "val_loss", "best_epoch", "epochs_run", "train_tokens",
+SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "best_epoch", "epochs_run", "train_tokens",
                   "seconds", "error")
 
 
-def summary_row(name, status, log=None, error=""):
+def summary_row(job, status, log=None, error=""):
     log = log or {}
-    return {"persona_id": name, "status": status, "train_loss": log.get("final_train_loss"),
+    return {"persona_id": job.name, "seed": job.seed, "status": status, "train_loss": log.get("final_train_loss"),
             "val_loss": log.get("best_val_loss"), "best_epoch": log.get("best_epoch"),
             "epochs_run": len(log.get("epochs", [])), "train_tokens": log.get("train_tokens"),
             "seconds": log.get("seconds"), "error": error}
@@ -67,7 +68,7 @@ def main():
     dialogs = load_dialogs(cfg["data"]["dialogs"])
     splits = load_splits(cfg["data"]["splits"], dialogs)
     personas = choose_personas(splits, args.personas, args.max_personas)
-    jobs = jobs_for(arm, splits, personas, output_dir)
+    jobs = jobs_for(arm, splits, personas, output_dir, cfg["training"]["seeds"])
     state = distributed_state()
     if state is not None:
         if arm == "lora_all":  # one adapter: the main process trains it
@@ -80,22 +81,22 @@ def main():
     rows, todo = [], []
     for job in jobs:
         if is_complete(job.folder) and not args.overwrite:
-            rows.append(summary_row(job.name, "skipped (complete)", read_json(job.folder / "train_log.json")))
+            rows.append(summary_row(job, "skipped (complete)", read_json(job.folder / "train_log.json")))
         else:
             todo.append(job)
     print(f"{scope}: {len(jobs)} adapter(s), {len(jobs) - len(todo)} already complete, {len(todo)} to train -> {output_dir}")
 
     def report(job, log, error):
         if error:
-            tqdm.write(f"{job.name}: FAILED: {error}")
-            rows.append(summary_row(job.name, "failed", error=error))
+            tqdm.write(f"{job.name} (seed {job.seed}): FAILED: {error}")
+            rows.append(summary_row(job, "failed", error=error))
             return
-        tqdm.write(f"{job.name}: best epoch {log['best_epoch']}/{len(log['epochs'])}, train loss "
+        tqdm.write(f"{job.name} (seed {job.seed}): best epoch {log['best_epoch']}/{len(log['epochs'])}, train loss "
                    f"{log['final_train_loss']:.3f}, val loss {log['best_val_loss'] or float('nan'):.3f}, "
                    f"{log['train_tokens']} tokens, {log['seconds']:.0f} s"
                    + (f" ({log['parallel_personas']} trained together)" if "parallel_personas" in log else "")
                    + f" -> {job.folder}")
-        rows.append(summary_row(job.name, "trained", log))
+        rows.append(summary_row(job, "trained", log))
 
     if todo:
         device = str(state.device) if state is not None and cfg["model"]["device"] == "auto" else cfg["model"]["device"]
@@ -104,18 +105,27 @@ def main():
                                      cfg["training"]["loss_on"])
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
                  "prompt": cfg["prompt"], "lora": cfg["lora"], "training": cfg["training"]}
-        if arm == "lora_per_user_on_all":
-            unified = Path(cfg["adapters"]["lora_all"])
-            model = merge_unified(model, unified)
-            extra["on_unified_adapter"] = str(unified.resolve())  # load and merge it before this adapter
-        if cfg["training"]["parallel_personas"] > 1 and arm != "lora_all":
-            train_in_groups(model, tokenizer, cfg, todo, examples, extra, report)
-        else:
-            trainer = AdapterTrainer(model, tokenizer, cfg, examples)
-            for job in tqdm(todo, desc=scope, unit="adapter"):
+        trainer = None
+        for seed in dict.fromkeys(job.seed for job in todo):
+            seed_jobs = [job for job in todo if job.seed == seed]
+            seed_cfg = seeded(cfg, seed)
+            seed_extra = {**extra, "seed": seed}
+            if arm == "lora_per_user_on_all":  # on the unified adapter of the same seed, merged into a fresh base
+                unified = arm_folder(cfg["adapters"], "lora_all", seed=seed)
+                del model
+                model = merge_unified(load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])[0],
+                                      unified)
+                seed_extra["on_unified_adapter"] = str(unified.resolve())  # load and merge it before this adapter
+                trainer = None
+            if cfg["training"]["parallel_personas"] > 1 and arm != "lora_all":
+                model = train_in_groups(model, tokenizer, seed_cfg, seed_jobs, examples, seed_extra, report)
+                continue
+            trainer = trainer or AdapterTrainer(model, tokenizer, seed_cfg, examples)
+            trainer.cfg = seed_cfg
+            for job in tqdm(seed_jobs, desc=f"{scope} seed {seed}", unit="adapter"):
                 t0 = time.perf_counter()
                 try:
-                    report(job, trainer.train(job, extra), "")
+                    report(job, trainer.train(job, seed_extra), "")
                 except (UserError, ValueError, RuntimeError) as err:
                     report(job, None, f"{err} (after {time.perf_counter() - t0:.0f} s)")
 
@@ -124,7 +134,7 @@ def main():
     if rows is None:
         return 0
     write_csv(summary, rows, SUMMARY_FIELDS)
-    failed = [r["persona_id"] for r in rows if r["status"] == "failed"]
+    failed = [f"{r['persona_id']} (seed {r['seed']})" for r in rows if r["status"] == "failed"]
     print(f"{sum(r['status'] == 'trained' for r in rows)} trained, "
           f"{sum(r['status'].startswith('skipped') for r in rows)} skipped, {len(failed)} failed; summary: {summary}")
     if failed:

@@ -286,7 +286,7 @@ class AdapterTrainer:
             raise UserError("no train dialogues")
         train_examples = select_examples(self.examples, job.train)
         val_examples = select_examples(self.examples, job.val)
-        adapter = self.fresh_adapter(f"job_{job.name}")
+        adapter = self.fresh_adapter(f"job_{job.name}_s{job.seed}")
         try:
             log = train_adapter(self.peft_model, train_examples, val_examples, self.cfg["training"],
                                 self.tokenizer.pad_token_id, desc=job.name)

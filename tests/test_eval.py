@@ -8,28 +8,6 @@ from conftest import run_script
 from scripts.config import defaults
 from scripts.generation import encode_prompts, generation_kwargs, padded_batch
 from scripts.prompting import build_turn_messages, render_prompt
-from scripts.study_stats import bootstrap_ci, paired_comparison, sign_test_p
-
-
-# ------------------------------------------------------------ statistics by hand
-def test_sign_test_hand_values():
-    assert sign_test_p(5, 0) == pytest.approx(2 / 32)           # 2 * P(X <= 0), n = 5
-    assert sign_test_p(8, 2) == pytest.approx(2 * 56 / 1024)    # 2 * (C(10,0)+C(10,1)+C(10,2)) / 2^10
-    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
-
-
-def test_bootstrap_and_paired_comparison():
-    assert bootstrap_ci([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1))
-    low, high = bootstrap_ci([0.0, 1.0] * 20, n_boot=4000, seed=1)
-    assert low < 0.5 < high and 0.3 < low and high < 0.7
-    a = {"p1": 0.5, "p2": 0.4, "p3": 0.9, "p4": None, "p5": 0.3}
-    b = {"p1": 0.3, "p2": 0.4, "p3": 0.5, "p4": 0.2}
-    c = paired_comparison(a, b, n_boot=500)
-    # common defined personas: p1 (+0.2), p2 (0), p3 (+0.4)
-    assert c["personas"] == 3 and c["macro_delta"] == pytest.approx(0.2)
-    assert c["helped"] == pytest.approx(2 / 3) and c["hurt"] == 0.0
-    assert c["sign_test_p"] == pytest.approx(0.5)               # 2 helped, 0 hurt: 2 * 1/4
-    assert c["ci_low"] == pytest.approx(0.0) and c["ci_high"] == pytest.approx(0.4)  # the extremes of 3 deltas
 
 
 # ------------------------------------------------------------ mixed-adapter batches
@@ -84,10 +62,15 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     torch.manual_seed(0)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
                                 adapter_name="x")
-    save_adapter(peft_model, "x", models / "lora_all", {"note": "random"})
+    save_adapter(peft_model, "x", models / "lora_all" / "seed_0", {"note": "random"})
     for persona in ("persona_000", "persona_001"):  # persona_002 has no per-user adapter
-        save_adapter(peft_model, "x", models / "per_user" / persona, {"note": "random"})
-        save_adapter(peft_model, "x", models / "on_all" / persona, {"note": "random"})
+        save_adapter(peft_model, "x", models / "per_user" / "seed_0" / persona, {"note": "random"})
+        save_adapter(peft_model, "x", models / "on_all" / "seed_0" / persona, {"note": "random"})
+    with torch.no_grad():  # a second training seed of one persona's adapter, with other weights
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    save_adapter(peft_model, "x", models / "per_user" / "seed_1" / "persona_000", {"note": "random"})
     config = tmp_path / "eval.json"
     config.write_text(json.dumps({
         "model": {"name": str(tiny_model_dir), "device": "cpu"},
@@ -111,23 +94,37 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     assert arms["lora_per_user"]["personas"] == 2 and arms["baseline"]["personas"] == 3
     assert arms["baseline"]["turns"] == summary["turns"]
     assert set(summary["best_on_val_choice"]) == {"persona_000", "persona_001", "persona_002"}
+    assert summary["seeds"] == {"lora_all": [0], "lora_per_user": [0, 1], "lora_per_user_on_all": [0]}
+    assert arms["lora_per_user"]["seeds"] == 2 and arms["baseline"]["seeds"] == 0
     rows = list(csv.DictReader((out / "per_persona.csv").open()))
     assert {(r["persona_id"], r["arm"]) for r in rows} >= {("persona_002", "baseline"), ("persona_000", "lora_per_user")}
     assert ("persona_002", "lora_per_user") not in {(r["persona_id"], r["arm"]) for r in rows}
-    assert "delta_vs_baseline_param_f1" in rows[0] and "delta_vs_lora_all_embedding_similarity" in rows[0]
-    assert "delta_vs_baseline_routine_f1" in rows[0] and "param_private_f1" in rows[0]
+    assert "delta_vs_baseline_param_f1" in rows[0] and "delta_vs_retrieval_embedding_similarity" in rows[0]
+    assert "delta_vs_lora_all_routine_f1" in rows[0] and "param_private_f1" in rows[0]
+    # a persona's score is the mean over its seeds
+    seed_rows = list(csv.DictReader((out / "per_persona_seed.csv").open()))
+    mine = [float(r["rougeL"]) for r in seed_rows if (r["persona_id"], r["arm"]) == ("persona_000", "lora_per_user")]
+    row = next(r for r in rows if (r["persona_id"], r["arm"]) == ("persona_000", "lora_per_user"))
+    assert len(mine) == 2 and float(row["rougeL"]) == pytest.approx(sum(mine) / 2) and row["seeds"] == "2"
     # the preference cloze: every model arm, none of the reference policies
     cloze = {r["arm"]: r["cloze_top1"] for r in rows if r["persona_id"] == "persona_000"}
     assert cloze["echo"] == "" and 0 <= float(cloze["baseline"]) <= 1 and float(cloze["lora_per_user"]) >= 0
     assert 0 < arms["baseline"]["cloze_chance"] < 1 and arms["lora_all"]["cloze_top1"] is not None
+    # every model arm against baseline, lora_all and retrieval; the primary metric's family has verdicts
     comparison = list(csv.DictReader((out / "comparison.csv").open()))
-    assert [r["arm"] for r in comparison][:3] == ["echo", "oracle", "baseline"]
-    assert "vs_baseline:routine_f1:sign_test_p" in comparison[0] and "vs_baseline:param_f1:ci_low" in comparison[0]
+    primary = [r for r in comparison if r["metric"] == "routine_f1"]
+    assert {(r["arm"], r["ref"]) for r in primary} >= {("lora_per_user", "baseline"), ("lora_per_user", "lora_all"),
+                                                        ("lora_per_user", "retrieval"), ("baseline", "lora_all")}
+    assert not {r["arm"] for r in comparison} & {"echo", "oracle"}
+    assert {r["verdict"] for r in primary} == {"too few personas"}  # 3 personas, fewer than 10
+    assert all(r["verdict"] == "" and r["holm_p"] == "" for r in comparison if r["metric"] != "routine_f1")
+    assert (out / "arm_metrics_pooled.csv").is_file()
     lines = (out / "comparison.md").read_text().splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("|")]
-    assert cells[0][:4] == ["arm", "personas", "turns", "routine F1 (macro)"]
+    assert cells[0][:5] == ["arm", "personas", "seeds", "routine_f1 [95% CI]", "seed SD"]
     assert any(line.startswith("- echo: repeats the user's last message") for line in lines)
-    assert ["lora_per_user", "2"] in [row[:2] for row in cells[2:]]
+    assert ["lora_per_user", "2", "2"] in [row[:3] for row in cells]
+    assert any(row[-1] == "too few personas" for row in cells)
     for png in ("delta_histograms.png", "arm_comparison.png", "per_user_vs_unified.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

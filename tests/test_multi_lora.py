@@ -39,15 +39,16 @@ def test_personas_trained_together_equal_one_by_one(config_factory, tiny_arch_di
     assert result.returncode == 0, result.stderr
     assert "(3 trained together)" in result.stdout
     for persona in ("persona_000", "persona_001", "persona_002"):
-        a, b = load_file(str(alone / persona / "adapter_model.safetensors")), load_file(str(together / persona / "adapter_model.safetensors"))
+        a = load_file(str(alone / "seed_0" / persona / "adapter_model.safetensors"))
+        b = load_file(str(together / "seed_0" / persona / "adapter_model.safetensors"))
         assert a.keys() == b.keys() and len(a) == 2 * 3 * 2  # A and B, 3 modules, 2 layers
         for key in a:
             torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4)
-        log_a = json.loads((alone / persona / "train_log.json").read_text())
-        log_b = json.loads((together / persona / "train_log.json").read_text())
+        log_a = json.loads((alone / "seed_0" / persona / "train_log.json").read_text())
+        log_b = json.loads((together / "seed_0" / persona / "train_log.json").read_text())
         assert log_a["best_epoch"] == log_b["best_epoch"] and len(log_a["epochs"]) == len(log_b["epochs"])
         assert log_b["best_val_loss"] == pytest.approx(log_a["best_val_loss"], rel=1e-4)
-        assert json.loads((together / persona / "adapter_config.json").read_text())["r"] == 4
+        assert json.loads((together / "seed_0" / persona / "adapter_config.json").read_text())["r"] == 4
 
 
 def test_two_processes_split_the_personas(config_factory, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from conftest import ROOT, run_script
 from safetensors.torch import load_file
 
+from scripts.adapters import seeded
 from scripts.config import defaults
 from scripts.prompting import chat_messages
 from scripts.training import IGNORE, dialog_example, supervised_sequence
@@ -89,23 +90,24 @@ def _weights(folder):
 
 
 def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
-    out = tmp_path / "per_user"
+    root = tmp_path / "per_user"
+    out = root / "seed_0"
     config = train_config()
-    result = run_script("train_lora_per_user.py", "--config", config, "--max_personas", 2, "--output_dir", out)
+    result = run_script("train_lora_per_user.py", "--config", config, "--max_personas", 2, "--output_dir", root)
     assert result.returncode == 0, result.stderr
     first = {p: _weights(out / p) for p in ("persona_000", "persona_001")}
     log = json.loads((out / "persona_000" / "train_log.json").read_text())
     assert log["best_epoch"] in (1, 2) and len(log["epochs"]) == 2 and log["train_tokens"] > 0
     adapter_cfg = json.loads((out / "persona_000" / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"].endswith(tmp_path.parent.name) is False
-    rows = list(csv.DictReader((out / "training_summary.csv").open()))
-    assert [r["status"] for r in rows] == ["trained", "trained"]
+    rows = list(csv.DictReader((root / "training_summary.csv").open()))
+    assert [(r["status"], r["seed"]) for r in rows] == [("trained", "0"), ("trained", "0")]
 
     # an interrupted persona: its folder is incomplete -> redone; the finished one is skipped
     (out / "persona_001" / "adapter_model.safetensors").unlink()
-    result = run_script("train_lora_per_user.py", "--config", config, "--max_personas", 2, "--output_dir", out)
+    result = run_script("train_lora_per_user.py", "--config", config, "--max_personas", 2, "--output_dir", root)
     assert result.returncode == 0, result.stderr
-    rows = {r["persona_id"]: r["status"] for r in csv.DictReader((out / "training_summary.csv").open())}
+    rows = {r["persona_id"]: r["status"] for r in csv.DictReader((root / "training_summary.csv").open())}
     assert rows == {"persona_000": "skipped (complete)", "persona_001": "trained"}
     # same seed and data -> identical weights, whether trained first or alone after an interruption
     again = _weights(out / "persona_001")
@@ -121,7 +123,7 @@ def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
     from scripts.modeling import load_model_and_tokenizer
     from scripts.training import collate, dialog_example, train_adapter
 
-    cfg = defaults()
+    cfg = seeded(defaults(), 0)
     cfg["lora"].update(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     cfg["training"].update(epochs=1, batch_size=2, learning_rate=1e-2)
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
@@ -156,25 +158,29 @@ def test_failing_persona_does_not_stop_the_others(train_config, demo_files, tmp_
     out = tmp_path / "pu"
     result = run_script("train_lora_per_user.py", "--config", path, "--output_dir", out)
     assert result.returncode == 1
-    assert "persona_001: FAILED" in result.stdout + result.stderr
+    assert "persona_001 (seed 0): FAILED" in result.stdout + result.stderr
     rows = {r["persona_id"]: r["status"] for r in csv.DictReader((out / "training_summary.csv").open())}
     assert rows == {"persona_000": "trained", "persona_001": "failed", "persona_002": "trained"}
-    assert not (out / "persona_001").exists()
+    assert not (out / "seed_0" / "persona_001").exists() and (out / "seed_0" / "persona_000").is_dir()
 
 
-def test_all_then_per_user_on_all(train_config, tmp_path):
-    config = train_config(epochs=1)
+def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
+    config = train_config(epochs=1, seeds=[0, 1])
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "all")
     assert result.returncode == 0, result.stderr
     unified = tmp_path / "lora_all"
-    log = json.loads((unified / "train_log.json").read_text())
-    assert log["scope"] == "all" and log["train_examples"] == 3 * 6  # 3 personas x 6 train dialogues
+    log = json.loads((unified / "seed_1" / "train_log.json").read_text())
+    assert log["scope"] == "all" and log["train_examples"] == 3 * 6 and log["seed"] == 1  # 3 personas x 6 dialogues
+    seed_0, seed_1 = _weights(unified / "seed_0"), _weights(unified / "seed_1")
+    assert any(not torch.equal(seed_0[k], seed_1[k]) for k in seed_0)  # the seeds really differ
     out = tmp_path / "on_all"
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",
                         "--personas", "persona_002", "--output_dir", out)
     assert result.returncode == 0, result.stderr
-    log = json.loads((out / "persona_002" / "train_log.json").read_text())
-    assert log["on_unified_adapter"] == str(unified.resolve()) and log["scope"] == "per_user_on_all"
+    for seed in (0, 1):  # each seed's per-user adapter sits on the unified adapter of that seed
+        log = json.loads((out / f"seed_{seed}" / "persona_002" / "train_log.json").read_text())
+        assert log["on_unified_adapter"] == str((unified / f"seed_{seed}").resolve())
+        assert log["scope"] == "per_user_on_all" and log["seed"] == seed
     # without a unified adapter the scope is refused clearly
     shutil.rmtree(unified)
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",
@@ -184,7 +190,7 @@ def test_all_then_per_user_on_all(train_config, tmp_path):
 
 # ------------------------------------------------------------ the real model's architecture and precision
 def _small_cfg():
-    cfg = defaults()
+    cfg = seeded(defaults(), 0)
     cfg["lora"].update(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     cfg["training"].update(epochs=1, batch_size=2, learning_rate=1e-2)
     cfg["prompt"]["system_template"] = "You are a home assistant."
