@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_eval.py [--config configs/demo/lora_eval.json] [--personas 4] [--turns_per_persona 8]
 
 Same turns, same adapters, same prompts and generation settings (the config's), three ways:
-- ours: every adapter in one PEFT model, batches mixing personas (`adapter_names` per row);
+- ours: every adapter in one PEFT model, batches mixing personas (`adapter_names` per row), each
+  dialogue's key/value cache carried across its turns (scripts/generation.py);
 - earlier attempt's way: per persona, load the base model, merge its adapter, generate turn by turn;
 - per-persona batches: one PEFT model, one adapter active at a time, that persona's turns batched.
 The adapters are randomly initialised LoRAs of the config's shape (what is timed does not depend
@@ -16,13 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import demo_dataset, peak_rss_mb
+from common import demo_dataset, peak_rss_mb, prefill_report
 
 from scripts.adapters import attach_adapters, lora_config, save_adapter
 from scripts.arms import adapter_name
 from scripts.config import load_config
 from scripts.evaluation import build_prompts, collect_turns
-from scripts.generation import encode_prompts, generate_texts, generation_kwargs
+from scripts.generation import GenerationStats, encode_prompts, generate_texts, generation_kwargs
 from scripts.modeling import load_model_and_tokenizer
 
 
@@ -96,10 +97,13 @@ def main():
         per_persona_s = time.perf_counter() - t
 
         t = time.perf_counter()
+        stats = GenerationStats()
         generate_texts(model, tokenizer, prompts, cfg["generation"], adapter_names=[names[t["persona_id"]] for t in turns],
-                       progress=False)
+                       progress=False, chain_keys=[t["dialog_index"] for t in turns], stats=stats)
         ours_s = time.perf_counter() - t
+        ids = encode_prompts(tokenizer, prompts)
     n = len(turns)
+    print(prefill_report(turns, ids, stats, "earlier way"))
     print(f"earlier attempt's way (load + merge per persona, one turn at a time): {n / earlier_s:.2f} turns/s ({earlier_s:.1f} s)")
     print(f"per-persona batches (one adapter active at a time): {n / per_persona_s:.2f} turns/s ({per_persona_s:.1f} s)")
     print(f"ours (mixed-adapter batches): {n / ours_s:.2f} turns/s ({ours_s:.1f} s); "

@@ -29,3 +29,15 @@ def training_examples(tokenizer, dialogs, cfg):
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prefill_report(turns, prompt_ids, stats, reference_name):
+    """Prompt tokens prefilled per turn by ours (stats), by a path that prefills every prompt, and the
+    floor: each dialogue's tokens once (its last evaluated prompt holds the earlier ones) plus the generated."""
+    longest = {}
+    for turn, ids in zip(turns, prompt_ids):
+        longest[turn["dialog_index"]] = max(longest.get(turn["dialog_index"], 0), len(ids))
+    n = len(turns)
+    return (f"prompt tokens prefilled per turn: ours {stats.prefilled / n:.0f}, {reference_name} "
+            f"{sum(map(len, prompt_ids)) / n:.0f}, floor {(sum(longest.values()) + stats.generated) / n:.0f} "
+            f"(each dialogue once + generated tokens)")

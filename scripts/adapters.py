@@ -76,6 +76,54 @@ def jobs_for(scope_arm, splits, personas, root, seeds):
     return jobs
 
 
+def folder_problem(folder):
+    """Why an adapter folder that exists is not a complete adapter, or None."""
+    missing = [name for name in ADAPTER_FILES if not (Path(folder) / name).is_file()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def adapter_problem(folder, model):
+    """Why a complete adapter folder cannot be loaded onto `model` (a plain base model), or None.
+
+    Checks what PEFT would otherwise fail on with a traceback, or load wrongly: the config is
+    JSON, the weights file reads, every target module exists in the model and every LoRA matrix
+    fits that module's shape.
+    """
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"adapter_config.json unreadable ({type(err).__name__}: {err})"
+    try:
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+    except (OSError, SafetensorError, ValueError, RuntimeError) as err:
+        return f"adapter_model.safetensors corrupt or truncated ({str(err).splitlines()[0][:120]})"
+    modules = dict(model.named_modules())
+    names = {name.rsplit(".", 1)[-1] for name in modules}
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    absent = [t for t in targets if t not in names]
+    if absent:
+        return f"target modules {absent} are not in the model ({type(model).__name__})"
+    for key, tensor in weights.items():
+        module_name = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+        module = modules.get(module_name)
+        if module is None:
+            return f"weight {key} is for a module the model does not have: trained for another base model?"
+        if ".lora_A." in key and tensor.shape[1] != module.in_features:
+            return (f"{key} takes {tensor.shape[1]} inputs, {module_name} has {module.in_features}: "
+                    f"trained for another base model ({config.get('base_model_name_or_path')})")
+        if ".lora_B." in key and tensor.shape[0] != module.out_features:
+            return (f"{key} gives {tensor.shape[0]} outputs, {module_name} has {module.out_features}: "
+                    f"trained for another base model ({config.get('base_model_name_or_path')})")
+    return None
+
+
 def save_adapter(peft_model, adapter_name, folder, log):
     """Write one adapter of a PEFT model and its training log as a complete folder, atomically."""
     with atomic_path(folder) as tmp:

@@ -11,10 +11,11 @@ model and the arms it serves. Reference policies (echo, oracle, silent) need no 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.adapters import arm_folder, attach_adapters, is_complete, merge_unified, seeds_found
+from scripts.adapters import (adapter_problem, arm_folder, attach_adapters, folder_problem, is_complete, merge_unified,
+                              seeds_found)
 from scripts.config import ADAPTER_ARMS, PROMPT_ARMS, arm_prompt
 from scripts.evaluation import build_prompts
-from scripts.generation import generate_texts
+from scripts.predictions import adapter_hash, generate_or_reuse
 from scripts.modeling import load_model_and_tokenizer
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -28,12 +29,22 @@ def adapter_name(arm, persona=None, seed=0):
 
 @dataclass
 class ArmAdapters:
-    """An adapter arm's folders: {persona: {seed: folder}} found complete, and the personas without any."""
+    """An adapter arm's folders: {persona: {seed: folder}} usable, the personas without any, and
+    {folder: reason} for folders that exist but cannot be used."""
     found: dict = field(default_factory=dict)
     missing: list = field(default_factory=list)
+    unusable: dict = field(default_factory=dict)
 
     def seeds(self):
         return sorted({s for by_seed in self.found.values() for s in by_seed})
+
+    def drop(self, persona, seed, reason):
+        """Set one adapter aside as unusable; a persona left with no seed becomes missing."""
+        folder = self.found[persona].pop(seed)
+        self.unusable[str(folder)] = reason
+        if not self.found[persona]:
+            del self.found[persona]
+            self.missing = sorted(set(self.missing) | {persona})
 
 
 def find_adapters(cfg, arms, personas):
@@ -46,15 +57,19 @@ def find_adapters(cfg, arms, personas):
     for arm in arms:
         if arm not in ADAPTER_ARMS:
             continue
-        complete = {}
+        complete, unusable = {}, {}
         for seed in seeds_found(adapters[arm]):
-            if arm == "lora_per_user_on_all" and not is_complete(arm_folder(adapters, "lora_all", seed=seed)):
-                continue
+            unified = arm_folder(adapters, "lora_all", seed=seed)
             for p in personas:
                 folder = Path(arm_folder(adapters, arm, p, seed))
-                if is_complete(folder):
+                problem = folder_problem(folder) if folder.is_dir() else "no folder"
+                if problem is None and arm == "lora_per_user_on_all" and not is_complete(unified):
+                    problem = f"its unified adapter {unified} is not complete"
+                if problem is None:
                     complete.setdefault(p, {})[seed] = folder
-        found[arm] = ArmAdapters(complete, [p for p in personas if p not in complete])
+                elif problem != "no folder":
+                    unusable[str(folder)] = problem
+        found[arm] = ArmAdapters(complete, [p for p in personas if p not in complete], unusable)
     return found
 
 
@@ -66,6 +81,8 @@ class ModelGroup:
     tokenizer: object
     arms: list
     adapters: dict  # arm -> {persona: {seed: adapter name}}
+    folders: dict = field(default_factory=dict)  # adapter name -> folder
+    merged: str = None  # the unified adapter merged into this group's base, if any
 
     def adapters_for(self, arm, persona):
         """{seed: adapter} a row of `arm` for `persona` runs with: {None: BASE} for prompt arms, {} if none."""
@@ -80,15 +97,24 @@ def load_model_groups(cfg, arms, availability):
 
     def group(name, group_arms, seed=None):
         """A model for these arms; with `seed`, the unified adapter of that seed merged in and only that seed's adapters."""
+        model, tokenizer, _ = load_model_and_tokenizer(model_cfg["name"], model_cfg["device"], model_cfg["dtype"])
+        if seed is not None:
+            unified = arm_folder(cfg["adapters"], "lora_all", seed=seed)
+            problem = adapter_problem(unified, model)
+            if problem:
+                for p in list(availability["lora_per_user_on_all"].found):
+                    if seed in availability["lora_per_user_on_all"].found[p]:
+                        availability["lora_per_user_on_all"].drop(p, seed, f"its unified adapter {unified}: {problem}")
+                return None
+            model = merge_unified(model, unified)
+        check_adapters(model, [availability[arm] for arm in group_arms if arm in availability], seed)
         names = {arm: {p: {s: adapter_name(arm, p, s) for s in by_seed if seed is None or s == seed}
                        for p, by_seed in availability[arm].found.items()}
                  for arm in group_arms if arm in availability}
         folders = {names[arm][p][s]: availability[arm].found[p][s] for arm in names for p in names[arm]
                    for s in names[arm][p]}
-        model, tokenizer, _ = load_model_and_tokenizer(model_cfg["name"], model_cfg["device"], model_cfg["dtype"])
-        if seed is not None:
-            model = merge_unified(model, arm_folder(cfg["adapters"], "lora_all", seed=seed))
-        return ModelGroup(name, attach_adapters(model, folders), tokenizer, group_arms, names)
+        merged = str(arm_folder(cfg["adapters"], "lora_all", seed=seed)) if seed is not None else None
+        return ModelGroup(name, attach_adapters(model, folders), tokenizer, group_arms, names, folders, merged)
 
     groups = []
     shared = [a for a in arms if a in PROMPT_ARMS or (a in ("lora_all", "lora_per_user") and availability[a].found)]
@@ -97,7 +123,21 @@ def load_model_groups(cfg, arms, availability):
     if "lora_per_user_on_all" in arms:
         for seed in availability["lora_per_user_on_all"].seeds():
             groups.append(group(f"on_unified_s{seed}", ["lora_per_user_on_all"], seed))
-    return groups
+    return [g for g in groups if g is not None]
+
+
+def check_adapters(model, arm_adapters, seed=None):
+    """Set aside every adapter (of `seed`, or all) that cannot be loaded onto `model`, with the reason."""
+    checked = {}
+    for found in arm_adapters:
+        for persona in list(found.found):
+            for s, folder in list(found.found[persona].items()):
+                if seed is not None and s != seed:
+                    continue
+                if folder not in checked:
+                    checked[folder] = adapter_problem(folder, model)
+                if checked[folder]:
+                    found.drop(persona, s, checked[folder])
 
 
 @dataclass(frozen=True)
@@ -118,8 +158,9 @@ def generation_rows(group, arms, turns):
     return rows
 
 
-def generate_rows(group, rows, turns, dialogs, cfg, retriever, desc):
-    """Replies for the rows: each arm's prompts, then one generation pass mixing adapters."""
+def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
+    """Replies for the rows: each arm's prompts, then the stored replies whose fingerprint matches,
+    and one generation pass mixing adapters for the rest (appended to the store as they finish)."""
     prompts = [None] * len(rows)
     for arm in dict.fromkeys(r.arm for r in rows):
         picked = [i for i, r in enumerate(rows) if r.arm == arm]
@@ -128,4 +169,10 @@ def generate_rows(group, rows, turns, dialogs, cfg, retriever, desc):
         for i, prompt in zip(picked, arm_prompts):
             prompts[i] = prompt
     names = [r.adapter for r in rows] if hasattr(group.model, "peft_config") else None
-    return generate_texts(group.model, group.tokenizer, prompts, cfg["generation"], adapter_names=names, desc=desc)
+    merged = adapter_hash(group.merged) if group.merged else ""
+    hashes = [merged + adapter_hash(group.folders.get(r.adapter)) for r in rows]
+    keys = [{"split": split, "arm": r.arm, "seed": r.seed, "persona_id": turns[r.turn]["persona_id"],
+             "dialog_index": turns[r.turn]["dialog_index"], "turn_index": turns[r.turn]["turn_index"]} for r in rows]
+    chains = [(r.arm, r.seed, turns[r.turn]["dialog_index"]) for r in rows]  # a dialogue's turns share one cache
+    return generate_or_reuse(group.model, group.tokenizer, prompts, cfg["generation"], cfg["model"]["name"], keys, store,
+                             adapter_names=names, adapter_hashes=hashes, chain_keys=chains, desc=f"{split} {group.name}")

@@ -18,6 +18,7 @@ Writes arm_metrics.json, per_persona.csv, comparison.csv, comparison.md and PNG 
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_j
 from scripts.cloze import cloze_items, majority_values, score_items
 from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
 from scripts.modeling import distributed_state, gather_rows, load_embedder
+from scripts.predictions import PredictionStore
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
 from scripts.routine_knowledge import policy_reply
 from scripts.splits import choose_personas, load_splits, split_indices
@@ -50,6 +52,7 @@ class Evaluation:
     groups: list
     scorer: TurnScorer
     retriever: object
+    store: PredictionStore
 
 
 def evaluate_split(ev, split, arms, personas, max_examples):
@@ -64,7 +67,7 @@ def evaluate_split(ev, split, arms, personas, max_examples):
         rows = generation_rows(group, [a for a in arms if a in group.arms], turns)
         if not rows:
             continue
-        replies = generate_rows(group, rows, turns, ev.dialogs, ev.cfg, ev.retriever, f"{split} {group.name}")
+        replies = generate_rows(group, rows, turns, ev.dialogs, ev.cfg, ev.retriever, split, ev.store)
         for arm in dict.fromkeys(r.arm for r in rows):
             picked = [i for i, r in enumerate(rows) if r.arm == arm]
             records.setdefault(arm, []).extend(ev.scorer.score(
@@ -127,6 +130,8 @@ def main():
     parser.add_argument("--personas", default=None)
     parser.add_argument("--output_dir", default="results/lora")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on turns per split (default: config)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore the replies already in <output_dir>/predictions*.jsonl and generate them all again")
     args = parser.parse_args()
     t0 = time.perf_counter()
 
@@ -158,7 +163,13 @@ def main():
     embedder = load_embedder(cfg["evaluation"]["embedding_model"])
     retriever = (make_retriever(embedder, dialogs, splits, cfg["prompt"]["retrieved_history"])
                  if any(arm_prompt(a, cfg["prompt"])["retrieval"] for a in arms) else None)
-    ev = Evaluation(cfg, dialogs, splits, load_model_groups(cfg, arms, availability), TurnScorer(embedder), retriever)
+    groups = load_model_groups(cfg, arms, availability)  # sets aside adapters that cannot be loaded
+    unusable = {arm: found.unusable for arm, found in availability.items() if found.unusable}
+    for arm, folders in unusable.items():
+        for folder, reason in folders.items():
+            print(f"warning: {arm}: unusable adapter {folder}: {reason}")
+    store = PredictionStore.open(args.output_dir, args.fresh, state.process_index if state is not None else None)
+    ev = Evaluation(cfg, dialogs, splits, groups, TurnScorer(embedder), retriever, store)
 
     # ---- evaluate
     model_arms = [a for a in arms if a not in POLICY_ARMS]  # best_on_val never picks a reference reply
@@ -166,14 +177,18 @@ def main():
     val = (evaluate_split(ev, "val", model_arms, mine, max_examples)
            if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else {})
     cloze = evaluate_cloze(ev, mine) if cfg["evaluation"]["cloze"] else []
+    print(store.summary())
     gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
-                                   for arm, rs in recs.items() for r in rs] + [("cloze", r.arm, r) for r in cloze])
+                                   for arm, rs in recs.items() for r in rs] + [("cloze", r.arm, r) for r in cloze]
+                           + [("unusable", arm, item) for arm, folders in unusable.items() for item in folders.items()])
     if gathered is None:
         return 0
-    test, val, cloze = {}, {}, []
+    test, val, cloze, unusable = {}, {}, [], {}
     for split, arm, record in gathered:
         if split == "cloze":
             cloze.append(record)
+        elif split == "unusable":
+            unusable.setdefault(arm, {})[record[0]] = record[1]
         else:
             (test if split == "test" else val).setdefault(arm, []).append(record)
     test = {arm: test[arm] for arm in arms if arm in test}
@@ -198,6 +213,7 @@ def main():
         "comparisons": csv_rows(compared),
         "best_on_val_choice": choice,
         "missing_adapters": {arm: found.missing for arm, found in availability.items() if found.missing},
+        "unusable_adapters": unusable,
         "seeds": {arm: found.seeds() for arm, found in availability.items()},
         "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>", "<seed>")) for arm in availability},
         "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
@@ -218,6 +234,10 @@ def main():
           f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, per_persona_seed.csv, "
           f"comparison.csv, comparison.md, arm_metrics_pooled.csv")
     print("plots: " + ", ".join(str(p) for p in plots))
+    empty = [arm for arm in cfg["arms"]["names"] if arm in ADAPTER_ARMS and arm not in test]
+    if empty:
+        print(f"error: no usable adapter at all for {', '.join(empty)} (see the warnings above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,8 @@
         --output_dir results/baseline_quick [--personas persona_000,persona_003]
 
 Writes baseline_results.json (config, metrics, counts, model, device, timings),
-per_persona_results.json, per_persona_summary.csv and sample_outputs.jsonl to --output_dir.
+per_persona_results.json, per_persona_summary.csv and sample_outputs.jsonl to --output_dir, and
+checkpoints the replies in predictions.jsonl there: a rerun reuses them (--fresh: not).
 The config's prompt switches (include_character, retrieval) give the prompt arms.
 """
 
@@ -16,8 +17,8 @@ from scripts.config import load_config
 from scripts.data_io import load_dialogs, run_cli, write_csv, write_json, write_jsonl
 from scripts.evaluation import (TurnScorer, aggregate, aggregate_per_persona, build_prompts, collect_turns,
                                 format_metrics, make_retriever, sample_record, summary_rows)
-from scripts.generation import generate_texts
 from scripts.modeling import load_embedder, load_model_and_tokenizer
+from scripts.predictions import PredictionStore, generate_or_reuse
 from scripts.splits import choose_personas, load_splits, split_indices
 
 
@@ -27,6 +28,8 @@ def main():
     parser.add_argument("--output_dir", default="results/baseline")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on assistant turns (default: config)")
     parser.add_argument("--personas", default=None, help="comma-separated persona ids (default: all)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore the replies already in <output_dir>/predictions.jsonl and generate them all again")
     args = parser.parse_args()
     cfg = load_config(args.config)
     max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
@@ -45,7 +48,12 @@ def main():
     retriever = make_retriever(embedder, dialogs, splits, cfg["prompt"]["retrieved_history"])
     prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"], retriever)
     t1 = time.perf_counter()
-    predictions = generate_texts(model, tokenizer, prompts, cfg["generation"])
+    store = PredictionStore.open(args.output_dir, args.fresh)
+    keys = [{"split": cfg["data"]["split"], "arm": "baseline", "seed": None, "persona_id": t["persona_id"],
+             "dialog_index": t["dialog_index"], "turn_index": t["turn_index"]} for t in turns]
+    predictions = generate_or_reuse(model, tokenizer, prompts, cfg["generation"], cfg["model"]["name"], keys, store,
+                                    chain_keys=[t["dialog_index"] for t in turns])
+    print(store.summary())
     timings["generate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     records = TurnScorer(embedder).score(dialogs, turns, predictions)

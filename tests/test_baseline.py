@@ -197,3 +197,32 @@ def test_baseline_cli_writes_all_outputs(tiny_model_dir, demo_files, tmp_path):
     assert len(samples) == 5
     assert set(samples[0]) == {"persona_id", "session_id", "turn_index", "history", "prediction", "reference",
                                "pred_actions", "ref_actions"}
+
+
+def test_chained_turns_give_identical_replies_with_less_prefill(tiny_arch_dir, demo_files):
+    """Each dialogue's history read once (a cache carried across its turns) changes no reply."""
+    from peft import LoraConfig, get_peft_model
+
+    from scripts.generation import GenerationStats
+    from scripts.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                           adapter_name="p1").eval()
+    dialogs, splits = demo_files["dialogs"], demo_files["splits"]
+    turns = collect_turns(dialogs, {p: s["test"] for p, s in splits.items()})
+    cfg = {**defaults()["prompt"], "system_template": "You are a home assistant.", "max_context_messages": 6}
+    prompts = build_prompts(tokenizer, dialogs, turns, cfg)
+    keys = [t["dialog_index"] for t in turns]
+    names = ["p1" if t["persona_id"] == "persona_001" else "__base__" for t in turns]
+    gen = {**defaults()["generation"], "max_new_tokens": 6}
+    fresh, chained = GenerationStats(), GenerationStats()
+    alone = generate_texts(model, tokenizer, prompts, gen, batch_size=4, adapter_names=names, progress=False,
+                           stats=fresh)
+    together = generate_texts(model, tokenizer, prompts, gen, batch_size=4, adapter_names=names, progress=False,
+                              chain_keys=keys, stats=chained)
+    assert together == alone and len(set(alone)) > 1
+    assert fresh.prefilled == sum(len(i) for i in encode_prompts(tokenizer, prompts))
+    # a 6-message window slides: some turns start a new chain, the rest prefill only what is new
+    assert chained.prefilled < 0.7 * fresh.prefilled
