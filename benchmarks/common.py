@@ -32,12 +32,13 @@ def peak_rss_mb():
 
 
 def prefill_report(turns, prompt_ids, stats, reference_name):
-    """Prompt tokens prefilled per turn by ours (stats), by a path that prefills every prompt, and the
-    floor: each dialogue's tokens once (its last evaluated prompt holds the earlier ones) plus the generated."""
+    """Tokens run through the model per turn: ours (prefilled + generated), a path that prefills every
+    prompt, and the floor: each dialogue's tokens once (its last evaluated prompt holds the earlier
+    ones) plus the generated tokens."""
     longest = {}
     for turn, ids in zip(turns, prompt_ids):
         longest[turn["dialog_index"]] = max(longest.get(turn["dialog_index"], 0), len(ids))
     n = len(turns)
-    return (f"prompt tokens prefilled per turn: ours {stats.prefilled / n:.0f}, {reference_name} "
-            f"{sum(map(len, prompt_ids)) / n:.0f}, floor {(sum(longest.values()) + stats.generated) / n:.0f} "
-            f"(each dialogue once + generated tokens)")
+    return (f"tokens per turn (prompt prefilled + generated): ours {stats.prefilled / n:.0f} + {stats.generated / n:.0f}, "
+            f"{reference_name} {sum(map(len, prompt_ids)) / n:.0f} + {stats.generated / n:.0f}, "
+            f"floor {sum(longest.values()) / n:.0f} + {stats.generated / n:.0f} (each dialogue once + generated)")

@@ -2,17 +2,17 @@
 
 Every assistant turn of a dialogue is predicted from the ground-truth history before it, so turn
 k's prompt is usually a prefix of turn k+1's. Prompts are grouped into chains (same dialogue,
-same arm and adapter, each prompt's token ids extending the previous one's); a batch runs several
-chains in lockstep with one key/value cache: prefill the first turn, generate, crop the cache
-back to the prompt (`DynamicCache.crop`), append the rest of the next prompt (the reference reply
-and the next user message), generate again. A prompt that does not extend the previous one (the
-history window slid past the first message, or retrieved dialogues changed) starts a new chain.
-Each new segment is left-padded inside the batch and masked, so every row's last prompt token
-lines up and positions count only real tokens.
+same arm and adapter, each prompt's token ids extending the previous one's). A chain's longest
+prompt is prefilled once into a key/value cache; every turn of the chain then decodes from the
+slice of that cache its own prompt covers, and turns of many chains decode together in one batch.
+So prefill costs about each dialogue's tokens once, and decoding runs batch_size turns per step.
+A prompt that does not extend the previous one (the history window slid past the first message,
+or retrieved dialogues changed) starts a new chain. Rows are left-padded and masked; positions
+count only real tokens, so each turn sees exactly the cache a fresh prefill of its prompt gives.
 
-With PEFT adapters loaded into one model, `adapter_names` gives each prompt its own adapter
-(an adapter changes K and V, so a chain never crosses adapters): chains are grouped by adapter
-so most batches run one adapter directly and only boundary batches mix adapters (PEFT routes each
+With PEFT adapters loaded into one model, `adapter_names` gives each prompt its own adapter (an
+adapter changes K and V, so a chain never crosses adapters): chains are ordered by adapter so
+most batches run one adapter directly and only boundary batches mix adapters (PEFT routes each
 row of a mixed batch through its own adapter).
 """
 
@@ -58,18 +58,22 @@ class GenerationStats:
     generated: int = 0
 
 
-def _generate(model, input_ids, attention, kwargs, names, cache):
-    """model.generate; a batch of one adapter runs it directly, a mixed batch routes rows (PEFT adapter_names)."""
-    kwargs = {**kwargs, "past_key_values": cache}
+def _routed(model, names, call):
+    """call(**extra) with each row's adapter: one adapter runs directly, a mix goes through PEFT's adapter_names."""
     if names is None:
-        return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        return call()
     if len(set(names)) > 1:
-        return model.generate(input_ids=input_ids, attention_mask=attention, adapter_names=names, **kwargs)
+        return call(adapter_names=names)
     if names[0] == "__base__":
         with model.disable_adapter():
-            return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+            return call()
     model.set_adapter(names[0])
-    return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+    return call()
+
+
+def _generate(model, input_ids, attention, kwargs, names, cache):
+    return _routed(model, names, lambda **extra: model.generate(input_ids=input_ids, attention_mask=attention,
+                                                                past_key_values=cache, **kwargs, **extra))
 
 
 def prompt_chains(ids, keys):
@@ -96,38 +100,54 @@ def _left_padded_block(segments, pad_id, device):
     return block, mask
 
 
-def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, bar, on_replies):
-    """Generate every turn of a batch of chains in lockstep, the cache cropped back to the prompt after each turn."""
+def _forward_cache(model, tokens, mask, names):
+    """The key/value cache of a left-padded batch (logits only at the last position: they are not needed)."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads do not count, as generate() counts them
+    return _routed(model, names, lambda **extra: model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                                       use_cache=True, logits_to_keep=1, **extra).past_key_values)
+
+
+def _turn_cache(model, sources, lengths):
+    """A left-padded cache for a batch of turns: row r holds sources[r] = (cache, row, pad)'s first lengths[r] tokens."""
     from transformers import DynamicCache
 
+    width = max(lengths)
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(sources[0][0].layers)):
+        keys, values = [], []
+        for (source, row, pad), length in zip(sources, lengths):
+            k = source.layers[layer].keys[row, :, pad:pad + length]
+            v = source.layers[layer].values[row, :, pad:pad + length]
+            keys.append(torch.nn.functional.pad(k, (0, 0, width - length, 0)))
+            values.append(torch.nn.functional.pad(v, (0, 0, width - length, 0)))
+        cache.update(torch.stack(keys), torch.stack(values), layer)
+    return cache
+
+
+def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, bar, on_replies, batch_size):
+    """Generate every turn of a batch of chains: each chain's longest prompt is prefilled once, then every
+    turn decodes from the slice of that cache its own prompt covers, batch_size turns at a time."""
     device = next(model.parameters()).device
-    cache = DynamicCache()
-    tokens = torch.zeros((len(chains), 0), dtype=torch.long, device=device)
-    mask = torch.zeros((len(chains), 0), dtype=torch.long, device=device)
-    rows = list(range(len(chains)))  # batch row -> chain
-    done = [0] * len(chains)         # tokens of each chain already in the cache
-    for step in range(max(len(c) for c in chains)):
-        keep = [r for r, c in enumerate(rows) if step < len(chains[c])]
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            tokens, mask, rows = tokens[index], mask[index], [rows[r] for r in keep]
-        prompts = [chains[c][step] for c in rows]
-        block, block_mask = _left_padded_block([ids[i][done[c]:] for c, i in zip(rows, prompts)],
-                                               tokenizer.pad_token_id, device)
-        tokens, mask = torch.cat([tokens, block], dim=1), torch.cat([mask, block_mask], dim=1)
-        stats.prefilled += int(block_mask.sum())
-        out = _generate(model, tokens, mask, kwargs, [names[i] for i in prompts] if names else None, cache)
-        for i, generated in zip(prompts, out[:, tokens.shape[1]:]):
+    longest = [ids[chain[-1]] for chain in chains]
+    tokens, mask = _left_padded_block(longest, tokenizer.pad_token_id, device)
+    chain_names = [names[chain[-1]] for chain in chains] if names else None
+    # the last token of each prompt is fed by generate itself, so the cache stops one short of it
+    cache = _forward_cache(model, tokens[:, :-1], mask[:, :-1], chain_names) if tokens.shape[1] > 1 else None
+    stats.prefilled += int(mask.sum())
+    pads = [tokens.shape[1] - len(prompt) for prompt in longest]
+    turns = [(c, i) for c, chain in enumerate(chains) for i in chain]
+    for start in range(0, len(turns), batch_size):
+        rows = turns[start:start + batch_size]
+        prompts = [i for _, i in rows]
+        turn_tokens, turn_mask = _left_padded_block([ids[i] for i in prompts], tokenizer.pad_token_id, device)
+        turn_cache = _turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts])
+        out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
+                        turn_cache)
+        for i, generated in zip(prompts, out[:, turn_tokens.shape[1]:]):
             replies[i] = tokenizer.decode(generated, skip_special_tokens=True).strip()
             stats.generated += int((generated != tokenizer.pad_token_id).sum())
         if on_replies is not None:
             on_replies(prompts, [replies[i] for i in prompts])
-        surplus = cache.get_seq_length() - tokens.shape[1]  # the generated tokens: back to the prompt
-        if surplus > 0:
-            cache.crop(-surplus)
-        for c, i in zip(rows, prompts):
-            done[c] = len(ids[i])
         bar.update(len(prompts))
 
 
@@ -154,8 +174,14 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
         torch.manual_seed(gen_cfg["seed"])
     replies = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress)
-    for start in range(0, len(chains), batch_size):
-        _run_chains(model, tokenizer, ids, chains[start:start + batch_size], adapter_names, kwargs, replies, stats, bar,
-                    on_replies)
+    # chains in groups holding about batch_size turns: one prefill for the group, then its turns in batches
+    group = []
+    for chain in chains + [None]:
+        if group and (chain is None or sum(map(len, group)) + len(chain) > batch_size):
+            _run_chains(model, tokenizer, ids, group, adapter_names, kwargs, replies, stats, bar, on_replies,
+                        batch_size)
+            group = []
+        if chain is not None:
+            group.append(chain)
     bar.close()
     return replies
