@@ -226,3 +226,18 @@ def test_chained_turns_give_identical_replies_with_less_prefill(tiny_arch_dir, d
     assert fresh.prefilled == sum(len(i) for i in encode_prompts(tokenizer, prompts))
     # a 6-message window slides: some turns start a new chain, the rest prefill only what is new
     assert chained.prefilled < 0.7 * fresh.prefilled
+
+
+def test_chained_replies_identical_on_the_embedded_model(demo_files):
+    """The same check on the real embedded chat model (SmolLM2-135M-Instruct), against one turn at a time."""
+    from scripts.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer("embedded:smollm2-135m-instruct", device="cpu")
+    dialogs, splits = demo_files["dialogs"], demo_files["splits"]
+    turns = collect_turns(dialogs, {p: s["test"] for p, s in splits.items()}, max_examples=10)
+    prompts = build_prompts(tokenizer, dialogs, turns, defaults()["prompt"])
+    gen = {**defaults()["generation"], "max_new_tokens": 12}
+    one_at_a_time = [generate_texts(model, tokenizer, [p], gen, progress=False)[0] for p in prompts]
+    chained = generate_texts(model, tokenizer, prompts, gen, progress=False,
+                             chain_keys=[t["dialog_index"] for t in turns])
+    assert chained == one_at_a_time and len(set(chained)) > 1
