@@ -112,9 +112,9 @@ def main():
             seed_extra = {**extra, "seed": seed}
             if arm == "lora_per_user_on_all":  # on the unified adapter of the same seed, merged into a fresh base
                 unified = arm_folder(cfg["adapters"], "lora_all", seed=seed)
-                del model
-                model = merge_unified(load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])[0],
-                                      unified)
+                if seed != todo[0].seed:  # the first seed merges into the base loaded above
+                    model = load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])[0]
+                model = merge_unified(model, unified)
                 seed_extra["on_unified_adapter"] = str(unified.resolve())  # load and merge it before this adapter
                 trainer = None
             if cfg["training"]["parallel_personas"] > 1 and arm != "lora_all":
