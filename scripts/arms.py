@@ -82,7 +82,7 @@ class ModelGroup:
     arms: list
     adapters: dict  # arm -> {persona: {seed: adapter name}}
     folders: dict = field(default_factory=dict)  # adapter name -> folder
-    merged: str = None  # the unified adapter merged into this group's base, if any
+    merged: Path = None  # the unified adapter merged into this group's base, if any
 
     def adapters_for(self, arm, persona):
         """{seed: adapter} a row of `arm` for `persona` runs with: {None: BASE} for prompt arms, {} if none."""
@@ -98,8 +98,8 @@ def load_model_groups(cfg, arms, availability):
     def group(name, group_arms, seed=None):
         """A model for these arms; with `seed`, the unified adapter of that seed merged in and only that seed's adapters."""
         model, tokenizer, _ = load_model_and_tokenizer(model_cfg["name"], model_cfg["device"], model_cfg["dtype"])
-        if seed is not None:
-            unified = arm_folder(cfg["adapters"], "lora_all", seed=seed)
+        unified = arm_folder(cfg["adapters"], "lora_all", seed=seed) if seed is not None else None
+        if unified is not None:
             problem = adapter_problem(unified, model)
             if problem:
                 for p in list(availability["lora_per_user_on_all"].found):
@@ -113,8 +113,7 @@ def load_model_groups(cfg, arms, availability):
                  for arm in group_arms if arm in availability}
         folders = {names[arm][p][s]: availability[arm].found[p][s] for arm in names for p in names[arm]
                    for s in names[arm][p]}
-        merged = str(arm_folder(cfg["adapters"], "lora_all", seed=seed)) if seed is not None else None
-        return ModelGroup(name, attach_adapters(model, folders), tokenizer, group_arms, names, folders, merged)
+        return ModelGroup(name, attach_adapters(model, folders), tokenizer, group_arms, names, folders, unified)
 
     groups = []
     shared = [a for a in arms if a in PROMPT_ARMS or (a in ("lora_all", "lora_per_user") and availability[a].found)]

@@ -108,7 +108,7 @@ def cloze_items(dialogs, indices_by_persona, actions_of):
                     continue
                 for device, params in actions[k].items():
                     for param, value in params.items():
-                        if prescribed.get(device, {}).get(param) != value or param not in prescribed[device]:
+                        if prescribed.get(device, {}).get(param) != value:
                             continue
                         item = _item(persona, index, k, message["text"], device, param, value)
                         if item is not None:
@@ -122,13 +122,11 @@ def _item(persona, index, k, text, device, param, value):
         return None
     written = text[span[0]:span[1]]
     candidates = _candidates(device, param, written)
-    if not isinstance(value, int) or param == "armed":
-        answer = _answer_index(candidates, written, value, param)
-        candidates = tuple(written if i == answer else c for i, c in enumerate(candidates))
-    else:
-        answer = _answer_index(candidates, written, value, param)
+    answer = _answer_index(candidates, written, value, param)
     if answer is None:
         return None
+    if param == "armed" or not isinstance(value, int):  # a category: the user's own spelling of it
+        candidates = tuple(written if i == answer else c for i, c in enumerate(candidates))
     after = re.match(r"\s*[^\s]*", text[span[1]:]).group(0)
     return ClozeItem(persona, index, k, device, param, value, text[:span[0]], after, candidates, answer)
 

@@ -39,7 +39,6 @@ from scripts.tables import (arm_table, comparisons, csv_rows, markdown_tables, p
 
 REFERENCE_ARMS = ("baseline", "lora_all", "retrieval")
 SECONDARY_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
-PLOT_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
 PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "retrieval")
 
 
@@ -111,8 +110,8 @@ def prompt_mismatches(cfg, availability):
     """Warnings for adapters trained with other prompt settings than this evaluation's."""
     wanted = {k: cfg["prompt"][k] for k in PROMPT_KEYS}
     differing = {}
-    for arm, found in availability.items():
-        for folder in [f for by_seed in found.found.values() for f in by_seed.values()]:
+    for found in availability.values():
+        for folder in {f for by_seed in found.found.values() for f in by_seed.values()}:  # lora_all: one folder
             trained = read_json(Path(folder) / "train_log.json").get("prompt")
             if trained is None:
                 continue
@@ -225,7 +224,7 @@ def main():
         write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))
     write_text_atomic(out / "comparison.md", markdown)
     plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
-             arm_comparison(frame, PLOT_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
+             arm_comparison(frame, SECONDARY_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
     if "lora_all" in table.index and {"lora_per_user", "lora_per_user_on_all"} & set(table.index):
         plots.append(per_user_vs_unified(seeds, metric, out / "per_user_vs_unified.png"))
     print()

@@ -77,7 +77,8 @@ class TurnScorer:
         return self._dialog_cache[index]
 
     def score(self, dialogs, turns, predictions):
-        """One record per turn: the metrics, the extracted actions and the counts to aggregate."""
+        """One record per turn (collect_turns' turns: the reference is message turn_index of its dialogue):
+        the metrics, the extracted actions and the counts to aggregate."""
         refs = [t["reference"] for t in turns]
         vectors = self.embedder.encode(predictions + refs, normalize_embeddings=True, batch_size=64,
                                        show_progress_bar=False)
@@ -92,7 +93,7 @@ class TurnScorer:
             given = {(d, p, v) for j, m in enumerate(history) if m["role"] == "user"
                      for d, ps in actions[j].items() for p, v in ps.items()}
             pred_actions = self.extract(pred, history)
-            ref_actions = self.extract(turn["reference"], history)
+            ref_actions = actions[t]  # the reference is message t, already read with its history
             rouge = self.rouge.score(turn["reference"], pred)
             records.append({
                 **turn, "prediction": pred,

@@ -89,17 +89,6 @@ def prompt_chains(ids, keys):
     return chains
 
 
-def _left_padded_block(segments, pad_id, device):
-    width = max(len(s) for s in segments)
-    block = torch.full((len(segments), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(segments), width), dtype=torch.long, device=device)
-    for row, segment in enumerate(segments):
-        if segment:
-            block[row, width - len(segment):] = torch.tensor(segment, device=device)
-            mask[row, width - len(segment):] = 1
-    return block, mask
-
-
 def _forward_cache(model, tokens, mask, names):
     """The key/value cache of a left-padded batch (logits only at the last position: they are not needed)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads do not count, as generate() counts them
@@ -129,7 +118,7 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
     turn decodes from the slice of that cache its own prompt covers, batch_size turns at a time."""
     device = next(model.parameters()).device
     longest = [ids[chain[-1]] for chain in chains]
-    tokens, mask = _left_padded_block(longest, tokenizer.pad_token_id, device)
+    tokens, mask = padded_batch(tokenizer, longest, device)
     chain_names = [names[chain[-1]] for chain in chains] if names else None
     # the last token of each prompt is fed by generate itself, so the cache stops one short of it
     cache = _forward_cache(model, tokens[:, :-1], mask[:, :-1], chain_names) if tokens.shape[1] > 1 else None
@@ -139,7 +128,7 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
     for start in range(0, len(turns), batch_size):
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
-        turn_tokens, turn_mask = _left_padded_block([ids[i] for i in prompts], tokenizer.pad_token_id, device)
+        turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
         turn_cache = _turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts])
         out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
                         turn_cache)

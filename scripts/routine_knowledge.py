@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 from scripts.action_metrics import prescribed_settings
 
-KNOWLEDGE_KEYS = ("routine_settings", "routine_hits", "routine_wrongs")
 DEVICE_NAMES = {"tv": "TV", "ac": "AC", "lights": "lights", "speaker": "speaker", "security": "security system"}
 
 

@@ -19,7 +19,6 @@ POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing sco
                 "echo": "repeats the user's last message (no model): what copying the user scores",
                 "oracle": "states the applied routine's settings for the devices talked about (no model, reads "
                           "the reference): what perfect memory scores"}
-ARM_COLUMNS = ("macro_routine_f1",) + SUMMARY_COLUMNS + ("cloze_top1", "cloze_chance", "cloze_majority")
 
 
 def seed_frame(records_by_arm, cloze_results=()):
