@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo policy-table bench
+.PHONY: setup test demo-data demo policy-table controls control-positive control-negative bench
 
 setup:
 	python3 -m venv .venv
@@ -39,6 +39,30 @@ policy-table:
 	$(PY) scripts/clean_data.py --raw_dir data/demo20/raw --output data/demo20/cleaned/dialogs_clean.jsonl
 	$(PY) scripts/create_splits.py --input data/demo20/cleaned/dialogs_clean.jsonl --output data/demo20/splits/edgesplits.json
 	$(PY) scripts/eval_lora.py --config configs/demo/reply_policies.json --output_dir results/reply_policies
+
+# Control studies with a known answer (synthetic; design.md "Does the study find a planted effect?").
+# positive: the assistant volunteers routine values in 60% of open requests and wording cannot tell
+# users apart, so only per-user memory pays; negative: the same, but every user shares one set of
+# routines, so there is nothing private to learn. The unified adapter trains one epoch over all
+# personas' dialogues (already many steps); per-user-on-unified adapters the config's epochs.
+CONTROL_PERSONAS ?= 12
+CONTROL_SESSIONS ?= 25
+CONTROL_DATA_positive := --proactive_share 0.6 --identity_cues none
+CONTROL_DATA_negative := --proactive_share 0.6 --identity_cues none --shared_preferences
+CONTROL_PATHS = --set data.dialogs=data/controls/$*/cleaned/dialogs_clean.jsonl \
+	--set data.splits=data/controls/$*/splits/edgesplits.json \
+	--set adapters.lora_all=models/controls/$*/lora_all \
+	--set adapters.lora_per_user_on_all=models/controls/$*/lora_per_user_on_all
+
+controls: control-positive control-negative
+
+control-positive control-negative: control-%:
+	$(PY) scripts/make_demo_data.py --out_dir data/controls/$*/raw --personas $(CONTROL_PERSONAS) --sessions $(CONTROL_SESSIONS) --seed 0 $(CONTROL_DATA_$*) --report
+	$(PY) scripts/clean_data.py --raw_dir data/controls/$*/raw --output data/controls/$*/cleaned/dialogs_clean.jsonl
+	$(PY) scripts/create_splits.py --input data/controls/$*/cleaned/dialogs_clean.jsonl --output data/controls/$*/splits/edgesplits.json
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS) --scope all --set training.epochs=1
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS) --scope per_user_on_all
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(CONTROL_PATHS) --output_dir results/controls/$*
 
 bench:
 	$(PY) benchmarks/bench_generation.py

@@ -217,7 +217,33 @@ def validate(raw, source):
     return config
 
 
-def load_config(path):
+def add_config_arguments(parser):
+    """--config FILE and repeatable --set SECTION.KEY=VALUE, which every stage script takes."""
+    parser.add_argument("--config", required=True, help="JSON config (configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set training.epochs=1 or "
+                             "--set data.dialogs=data/x.jsonl (VALUE is JSON, else a string); repeatable")
+
+
+def apply_overrides(raw, overrides, source):
+    """`raw` with each "section.key=value" of `overrides` set (value parsed as JSON, else kept as text)."""
+    for text in overrides:
+        name, sep, value_text = text.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not (sep and dot and section and key):
+            raise UserError(f"{source}: --set {text!r}: expected SECTION.KEY=VALUE, e.g. training.epochs=1")
+        try:
+            value = json.loads(value_text)
+        except json.JSONDecodeError:
+            value = value_text
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise UserError(f"{source}: --set {text!r}: section {section!r} is not an object")
+        raw[section][key] = value
+    return raw
+
+
+def load_config(path, overrides=()):
+    """The validated config of `path`, with `--set` overrides applied before validation."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config not found")
@@ -227,7 +253,10 @@ def load_config(path):
         raise UserError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    config = validate(raw, str(path))
+    if overrides and not isinstance(raw, dict):
+        raise UserError(f"{path}: a config must be a JSON object of sections")
+    source = f"{path} (with --set)" if overrides else str(path)
+    config = validate(apply_overrides(raw, overrides, source) if overrides else raw, source)
     config["_source"] = str(path)
     return config
 

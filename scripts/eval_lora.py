@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scripts.adapters import arm_folder
 from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
-from scripts.config import ADAPTER_ARMS, POLICY_ARMS, arm_prompt, load_config
+from scripts.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
 from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
 from scripts.cloze import cloze_items, majority_values, score_items
 from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
@@ -125,7 +125,7 @@ def prompt_mismatches(cfg, availability):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
+    add_config_arguments(parser)
     parser.add_argument("--personas", default=None)
     parser.add_argument("--output_dir", default="results/lora")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on turns per split (default: config)")
@@ -135,7 +135,7 @@ def main():
     t0 = time.perf_counter()
 
     # ---- load
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     dialogs = load_dialogs(cfg["data"]["dialogs"])
     splits = load_splits(cfg["data"]["splits"], dialogs)
     personas = choose_personas(splits, args.personas)

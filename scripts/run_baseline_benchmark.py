@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from scripts.config import load_config
+from scripts.config import add_config_arguments, load_config
 from scripts.data_io import load_dialogs, run_cli, write_csv, write_json, write_jsonl
 from scripts.evaluation import (TurnScorer, aggregate, aggregate_per_persona, build_prompts, collect_turns,
                                 format_metrics, make_retriever, sample_record, summary_rows)
@@ -24,14 +24,14 @@ from scripts.splits import choose_personas, load_splits, split_indices
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
+    add_config_arguments(parser)
     parser.add_argument("--output_dir", default="results/baseline")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on assistant turns (default: config)")
     parser.add_argument("--personas", default=None, help="comma-separated persona ids (default: all)")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore the replies already in <output_dir>/predictions.jsonl and generate them all again")
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
     timings, t0 = {}, time.perf_counter()
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from scripts.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
-from scripts.config import SCOPE_ARM, load_config
+from scripts.config import SCOPE_ARM, add_config_arguments, load_config
 from scripts.data_io import UserError, load_dialogs, read_json, run_cli, write_csv
 from scripts.modeling import distributed_state, gather_rows, load_model_and_tokenizer
 from scripts.multi_lora import train_in_groups
@@ -53,7 +53,7 @@ def summary_row(job, status, log=None, error=""):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
+    add_config_arguments(parser)
     parser.add_argument("--scope", choices=sorted(SCOPE_ARM), default=None, help="default: the config's")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--personas", default=None, help="comma-separated persona ids")
@@ -61,7 +61,7 @@ def main():
     parser.add_argument("--output_dir", default=None, help="default: the config's adapters section")
     parser.add_argument("--overwrite", action="store_true", help="retrain adapters that are already complete")
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     scope = args.scope or cfg["training"]["scope"]
     arm = SCOPE_ARM[scope]
     output_dir = Path(args.output_dir or cfg["adapters"][arm])

@@ -58,6 +58,20 @@ def test_bad_config_on_the_command_line_is_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "max_new_token" in result.stderr
 
 
+def test_set_overrides_values_before_validation(tmp_path):
+    path = _write(tmp_path, {"generation": {"max_new_tokens": 12}})
+    cfg = load_config(path, ["generation.max_new_tokens=30", "data.dialogs=data/x y.jsonl", "training.seeds=[1, 2]",
+                             "prompt.include_character=true"])
+    assert cfg["generation"]["max_new_tokens"] == 30 and cfg["data"]["dialogs"] == "data/x y.jsonl"
+    assert cfg["training"]["seeds"] == [1, 2] and cfg["prompt"]["include_character"] is True
+    with pytest.raises(UserError, match=r"\(with --set\): generation.max_new_tokens must be integer"):
+        load_config(path, ["generation.max_new_tokens=many"])
+    with pytest.raises(UserError, match="expected SECTION.KEY=VALUE"):
+        load_config(path, ["generation=3"])
+    result = run_script("run_baseline_benchmark.py", "--config", path, "--set", "generation.max_new_token=3")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "max_new_token" in result.stderr
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="cannot load model .*tried local folder"):
         load_model_and_tokenizer(str(tmp_path / "no_such_model"), device="cpu")
