@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo policy-table controls control-positive control-negative bench
+.PHONY: setup test demo-data demo policy-table controls control-positive control-negative control-diagnosis bench
 
 setup:
 	python3 -m venv .venv
@@ -63,6 +63,17 @@ control-positive control-negative: control-%:
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS) --scope all --set training.epochs=1
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS) --scope per_user_on_all
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(CONTROL_PATHS) --output_dir results/controls/$*
+
+# Diagnosis of the positive control (after control-positive): per-user-on-unified adapters trained
+# 4 epochs, keeping the last epoch instead of the lowest-val-loss one, evaluated beside the same
+# unified adapter.
+DIAGNOSIS_ADAPTERS := models/controls/positive/lora_per_user_on_all_4epochs_last
+control-diagnosis: CONTROL_PATHS_POSITIVE = $(subst $$*,positive,$(value CONTROL_PATHS))
+control-diagnosis:
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS_POSITIVE) --scope per_user_on_all \
+		--set training.epochs=4 --set training.keep_epoch=last --set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS)
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(CONTROL_PATHS_POSITIVE) \
+		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/positive_4epochs_last
 
 bench:
 	$(PY) benchmarks/bench_generation.py

@@ -25,7 +25,8 @@ SYSTEM_TEMPLATE = (
 )
 
 PROMPT_ARMS = ("baseline", "character", "retrieval")
-POLICY_ARMS = ("silent", "echo", "oracle")  # reference replies that need no model (scripts/routine_knowledge.py)
+# reference replies that need no model (scripts/routine_knowledge.py)
+POLICY_ARMS = ("silent", "echo", "oracle", "user_usual", "everyone_usual")
 ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
 SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all"}
 
@@ -79,6 +80,7 @@ SCHEMA = {
         "batch_size": (int, 4),
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
+        "keep_epoch": (str, "best_val"),       # "best_val": the epoch of lowest val loss; "last": the last one run
         "seeds": (list, [0]),                  # one adapter per seed, each in <arm root>/seed_<s>/
         "loss_on": (str, "assistant"),         # "assistant" (the guide's) or "all": user turns supervised too
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
@@ -103,6 +105,7 @@ CHOICES = {
     ("model", "dtype"): ("auto", "float32", "bfloat16", "float16"),
     ("data", "split"): ("train", "val", "test"),
     ("training", "loss_on"): ("assistant", "all"),
+    ("training", "keep_epoch"): ("best_val", "last"),
     ("training", "scope"): tuple(SCOPE_ARM),
 }
 

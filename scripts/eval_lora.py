@@ -3,7 +3,9 @@
     python scripts/eval_lora.py --config configs/lora_eval.json [--personas p1,p2] [--output_dir results/lora]
 
 Arms: echo and oracle (reference replies with no model: what copying the user and perfect memory
-of the routine score on this data; silent too, on request), baseline, character, retrieval
+of the routine score on this data; silent, user_usual and everyone_usual on request: the last two
+state the user's / everyone's most frequent train values, and are compared with each other as a
+check of what the metric can see without a model), baseline, character, retrieval
 (prompt-only), lora_all, lora_per_user, lora_per_user_on_all, and best_on_val (per persona, the
 model arm with the best validation score, reported on test). All
 adapters sit in one PEFT model and each generation batch mixes personas and arms, each row with
@@ -23,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from scripts.adapters import arm_folder
 from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
 from scripts.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
@@ -32,7 +36,7 @@ from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns,
 from scripts.modeling import distributed_state, gather_rows, load_embedder
 from scripts.predictions import PredictionStore
 from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
-from scripts.routine_knowledge import policy_reply
+from scripts.routine_knowledge import policy_reply, usual_settings
 from scripts.splits import choose_personas, load_splits, split_indices
 from scripts.tables import (arm_table, comparisons, csv_rows, markdown_tables, persona_frame, pooled_table, seed_frame,
                             with_deltas)
@@ -58,9 +62,10 @@ def evaluate_split(ev, split, arms, personas, max_examples):
     """{arm: turn records} of one split for these personas; adapter arms' records carry their seed."""
     turns = collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples)
     records = {}
+    usual = usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
     for arm in [a for a in arms if a in POLICY_ARMS]:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
-                                ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0]) for t in turns]
+                                ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0], usual) for t in turns]
         records[arm] = ev.scorer.score(ev.dialogs, [{**t, "seed": None} for t in turns], replies)
     for group in ev.groups:
         rows = generation_rows(group, [a for a in arms if a in group.arms], turns)
@@ -202,6 +207,9 @@ def main():
     table = arm_table(frame, seeds, metric, cfg["arms"]["n_bootstrap"])
     compared = comparisons(seeds, [a for a in test if a not in POLICY_ARMS], REFERENCE_ARMS, metric,
                            SECONDARY_METRICS, cfg["arms"]["n_bootstrap"], cfg["arms"]["min_personas"])
+    if {"user_usual", "everyone_usual"} <= set(test):  # can the metric see a habit memory at all? its own family
+        compared = pd.concat([compared, comparisons(seeds, ["user_usual", "everyone_usual"], ["everyone_usual"], metric, (),
+                                                    cfg["arms"]["n_bootstrap"], cfg["arms"]["min_personas"])])
     markdown = markdown_tables(table, compared, metric)
 
     # ---- write

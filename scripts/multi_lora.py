@@ -131,7 +131,7 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
     steps_per_epoch = [math.ceil(len(t) / cfg["batch_size"]) for t in train_sets]
     schedules = [schedule_factor(cfg, s * cfg["epochs"]) for s in steps_per_epoch]
     rngs = [random.Random(cfg["seed"]) for _ in range(k)]
-    trackers = [BestEpoch(cfg["early_stopping_patience"], len(t), len(v)) for t, v in zip(train_sets, val_sets)]
+    trackers = [BestEpoch(cfg["early_stopping_patience"], len(t), len(v), cfg["keep_epoch"]) for t, v in zip(train_sets, val_sets)]
     done, step_of = [False] * k, [0] * k
     route = lambda slots: set_index(layers, slots)  # noqa: E731
     bar = tqdm(total=max(steps_per_epoch) * cfg["epochs"], desc=f"{k} adapters", unit="step", leave=False,

@@ -21,8 +21,13 @@ an echo of the user, which only repeats values after they stop being open.
 The reference policies (config.POLICY_ARMS) need no model: `silent` says "Okay.", `echo` repeats the
 user's last message, `oracle` states the applied routine's settings for every device talked about
 so far, the reference reply included (perfect memory, reading the reference to know the devices).
+`user_usual` and `everyone_usual` state, for those devices, the values this user's (everyone's)
+train sessions' routines set most often: memory of the user's habits without the session's
+context, against the population's habits. Their gap is the most a context-blind per-user memory
+can gain over a unified one on this metric.
 """
 
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from scripts.action_metrics import prescribed_settings
@@ -133,13 +138,39 @@ def describe_settings(settings):
     return " ".join(sentences) or "Okay."
 
 
-def policy_reply(arm, dialog, turn_index, actions):
-    """The reply of a reference policy at an assistant turn (actions: `message_actions` of the dialogue)."""
+EVERYONE = "*"
+
+
+def usual_settings(dialogs, train_indices_by_persona):
+    """{persona (and EVERYONE): {device: {param: value}}}: the value each (device, param) had most
+    often in the routines of that persona's (all personas') train sessions; ties go to the smaller value."""
+    counts = defaultdict(lambda: defaultdict(Counter))
+    for persona, indices in train_indices_by_persona.items():
+        for i in indices:
+            d = dialogs[i]
+            for device, params in (prescribed_settings(d.get("meta"), d.get("routines") or [], d.get("applied_routines")) or {}).items():
+                for param, value in params.items():
+                    for who in (persona, EVERYONE):
+                        counts[who][(device, param)][value] += 1
+    usual = {}
+    for who, by_key in counts.items():
+        for (device, param), values in sorted(by_key.items()):
+            top = max(values.values())
+            usual.setdefault(who, {}).setdefault(device, {})[param] = min(v for v, n in values.items() if n == top)
+    return usual
+
+
+def policy_reply(arm, dialog, turn_index, actions, usual=None):
+    """The reply of a reference policy at an assistant turn (actions: `message_actions` of the dialogue;
+    usual: `usual_settings` of the train split, for the user_usual and everyone_usual policies)."""
     messages = dialog["messages"]
     if arm == "silent":
         return "Okay."
     if arm == "echo":
         return next((m["text"] for m in reversed(messages[:turn_index]) if m["role"] == "user"), "Okay.")
-    prescribed = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
+    if arm == "oracle":
+        settings = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
+    else:
+        settings = (usual or {}).get(dialog["persona_id"] if arm == "user_usual" else EVERYONE, {})
     talked = {d for a in actions[: turn_index + 1] for d in a}
-    return describe_settings({d: ps for d, ps in (prescribed or {}).items() if d in talked})
+    return describe_settings({d: ps for d, ps in (settings or {}).items() if d in talked})

@@ -18,7 +18,11 @@ from scripts.study_stats import bootstrap_ci, compare, decide
 POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing scores",
                 "echo": "repeats the user's last message (no model): what copying the user scores",
                 "oracle": "states the applied routine's settings for the devices talked about (no model, reads "
-                          "the reference): what perfect memory scores"}
+                          "the reference): what perfect memory scores",
+                "user_usual": "states the values this user's train-session routines set most often, for the devices "
+                              "talked about (no model, no context): what remembering the user's habits scores",
+                "everyone_usual": "the same with every user's train sessions pooled: what the population's "
+                                  "habits score"}
 
 
 def seed_frame(records_by_arm, cloze_results=()):

@@ -193,12 +193,13 @@ def linear_schedule(optimizer, cfg, total_steps):
 class BestEpoch:
     """Early stopping on val loss for one adapter: the epoch log, the best epoch's weights, when to stop.
 
-    Without val examples the last epoch is the best. Training stops once `patience` epochs in a
-    row fail to improve on the best.
+    Without val examples, or with keep="last", the last epoch is the best (val loss is still logged:
+    it measures the reference's phrasing, not whether the user's values were learned). Training
+    stops once `patience` epochs in a row fail to improve on the best.
     """
 
-    def __init__(self, patience, n_train, n_val):
-        self.patience, self.bad_epochs, self.start = patience, 0, time.perf_counter()
+    def __init__(self, patience, n_train, n_val, keep="best_val"):
+        self.patience, self.bad_epochs, self.start, self.keep = patience, 0, time.perf_counter(), keep
         self.best_score, self.best_epoch, self.state = math.inf, None, None
         self.log = {"epochs": [], "train_examples": n_train, "val_examples": n_val,
                     "train_tokens": 0, "supervised_tokens": 0}
@@ -209,7 +210,7 @@ class BestEpoch:
         self.log["supervised_tokens"] += supervised_tokens
         self.log["epochs"].append({"epoch": epoch, "train_loss": train_loss_sum / max(supervised_tokens, 1),
                                    "val_loss": val_loss, "seconds": time.perf_counter() - self.start})
-        score = val_loss if val_loss is not None else -epoch
+        score = val_loss if val_loss is not None and self.keep == "best_val" else -epoch
         if score < self.best_score:
             self.best_score, self.best_epoch, self.state, self.bad_epochs = score, epoch, snapshot(), 0
             return False
@@ -246,7 +247,7 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
     steps_per_epoch = math.ceil(len(train_examples) / cfg["batch_size"])
     scheduler = linear_schedule(optimizer, cfg, steps_per_epoch * cfg["epochs"])
     rng = random.Random(cfg["seed"])
-    tracker = BestEpoch(cfg["early_stopping_patience"], len(train_examples), len(val_examples))
+    tracker = BestEpoch(cfg["early_stopping_patience"], len(train_examples), len(val_examples), cfg["keep_epoch"])
     bar = tqdm(total=steps_per_epoch * cfg["epochs"], desc=desc, unit="step", leave=False, disable=not progress)
     model.train()
     for _ in range(cfg["epochs"]):

@@ -11,8 +11,8 @@ from scripts.cleaning import clean
 from scripts.config import POLICY_ARMS
 from scripts.demo_data import generate
 from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns
-from scripts.routine_knowledge import (describe_settings, knowledge_metrics, message_actions, policy_reply,
-                                       session_settings, turn_knowledge)
+from scripts.routine_knowledge import (EVERYONE, describe_settings, knowledge_metrics, message_actions, policy_reply,
+                                       session_settings, turn_knowledge, usual_settings)
 from scripts.schema import DEVICES
 from scripts.splits import make_splits
 
@@ -88,10 +88,11 @@ def policy_scores():
     splits = make_splits(dialogs)
     turns = collect_turns(dialogs, {p: s["test"] for p, s in splits.items()})
     scorer = TurnScorer(BagOfWordsEmbedder())
+    usual = usual_settings(dialogs, {p: s["train"] for p, s in splits.items()})
     out = {}
     for arm in POLICY_ARMS:
         replies = [policy_reply(arm, dialogs[t["dialog_index"]], t["turn_index"],
-                                scorer.dialog_state(dialogs, t["dialog_index"])[0]) for t in turns]
+                                scorer.dialog_state(dialogs, t["dialog_index"])[0], usual) for t in turns]
         per_persona = aggregate_per_persona(scorer.score(dialogs, turns, replies))
         out[arm] = {k: sum(m[k] for m in per_persona.values()) / len(per_persona) for k in ("routine_f1", "param_f1")}
     return out
@@ -106,6 +107,28 @@ def test_silence_and_echo_score_nothing_and_memory_scores_high(policy_scores):
     assert policy_scores["silent"]["routine_f1"] == 0.0
     assert policy_scores["echo"]["routine_f1"] <= 0.05
     assert policy_scores["oracle"]["routine_f1"] >= 0.9
+
+
+def test_habit_memory_sits_between_the_population_and_perfect_memory(policy_scores):
+    """The user's own habits beat everyone's habits, and both fall short of knowing the session's routine."""
+    user, everyone = policy_scores["user_usual"]["routine_f1"], policy_scores["everyone_usual"]["routine_f1"]
+    assert 0.05 < everyone < user < policy_scores["oracle"]["routine_f1"]
+
+
+def test_usual_settings_take_the_most_frequent_value_per_user_and_overall():
+    def session(persona, temperature, applied=True):
+        routine = {"triggers": {}, "actions": {"ac": {"temperature": temperature}, "lights": None}}
+        return {"persona_id": persona, "meta": {}, "routines": [routine], "applied_routines": [0] if applied else None,
+                "messages": []}
+    dialogs = [session("a", 20), session("a", 20), session("a", 25), session("b", 25), session("b", 25),
+               session("b", 22), session("a", 30, applied=False), session("b", 18)]
+    usual = usual_settings(dialogs, {"a": [0, 1, 2, 6], "b": [3, 4, 5]})  # index 7 is not in train
+    assert usual["a"] == {"ac": {"temperature": 20}} and usual["b"] == {"ac": {"temperature": 25}}
+    assert usual[EVERYONE] == {"ac": {"temperature": 25}}  # 25 three times, 20 twice
+    actions = [{"ac": {}}]
+    assert extract(policy_reply("user_usual", dialogs[0], 0, actions, usual)) == {"ac": {"temperature": 20}}
+    assert extract(policy_reply("everyone_usual", dialogs[0], 0, actions, usual)) == {"ac": {"temperature": 25}}
+    assert policy_reply("user_usual", dialogs[0], 0, [{}], usual) == "Okay."  # no device talked about yet
 
 
 def test_parameter_f1_still_rewards_the_echo(policy_scores):

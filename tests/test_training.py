@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from scripts.adapters import seeded
 from scripts.config import defaults
 from scripts.prompting import chat_messages
-from scripts.training import IGNORE, dialog_example, supervised_sequence
+from scripts.training import IGNORE, BestEpoch, dialog_example, supervised_sequence
 
 MESSAGES = [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "Lights on at 50%."},
             {"role": "user", "text": "Thanks!"}, {"role": "assistant", "text": "You're welcome."}]
@@ -87,6 +87,16 @@ def train_config(tmp_path, tiny_arch_dir, demo_files):
 
 def _weights(folder):
     return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("keep,best", [("best_val", 2), ("last", 4)])
+def test_kept_epoch_is_the_lowest_val_loss_or_the_last(keep, best):
+    tracker = BestEpoch(patience=5, n_train=3, n_val=1, keep=keep)
+    for epoch, val_loss in enumerate([0.9, 0.5, 0.7, 0.8], start=1):
+        assert not tracker.end_epoch(1.0, 1, val_loss, lambda epoch=epoch: {"weights": epoch})
+    log = tracker.finish()
+    assert log["best_epoch"] == best and tracker.state == {"weights": best}
+    assert log["best_val_loss"] == [0.9, 0.5, 0.7, 0.8][best - 1]
 
 
 def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
