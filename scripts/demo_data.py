@@ -280,7 +280,8 @@ PROACTIVE = ["Understood. I'll set {dev} to {s}.", "Sure. Setting {dev} to {s}."
 FOLLOW_UP = [" Anything else?", " Is there anything else you'd like me to adjust?", " Anything else you'd like?",
              " Would you like me to adjust anything else?", " Can I help with anything else?",
              " Is there anything else I can do for you?", " Anything else you need?"]
-REMARK = [" Let me know if you need any other adjustments.", " Enjoy!", " Enjoy your {tod}!", " Enjoy your {hobby}!"]
+REMARKS = [" Let me know if you need any other adjustments.", " Enjoy!", " Enjoy your {tod}!"]
+HOBBY_REMARK = " Enjoy your {hobby}!"  # only when the session named an activity
 REASONS = {  # why a user wants a device: shared by every user, so they carry no identity
     "tv": ["I need some background noise.", "There's a show I want to catch.", "The picture looked a bit off earlier.",
            "I want to unwind in front of the screen."],
@@ -406,7 +407,7 @@ class Writer:
         if rng.random() < 0.55:
             text += rng.choice(FOLLOW_UP)
         elif rng.random() < 0.3:
-            remark = rng.choice(REMARK[:3] + REMARK[3:] * bool(self.hobby))
+            remark = rng.choice(REMARKS + [HOBBY_REMARK] if self.hobby else REMARKS)
             text += remark.format(tod=self.meta["time_of_day"], hobby=self.hobby)
         self.say("assistant", text)
 

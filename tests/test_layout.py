@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, run_script
 
+from scripts.config import load_config
 from scripts.data_io import UserError
 from scripts.splits import load_splits, make_splits, split_report
 
@@ -28,6 +29,12 @@ def _imported_modules(path):
 def test_no_module_shadows_the_standard_library():
     modules = {p.stem for folder in ("scripts", "benchmarks", "tests") for p in (ROOT / folder).glob("*.py")}
     assert modules & set(sys.stdlib_module_names) == set()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg["_source"] == str(path)
 
 
 def test_no_script_imports_a_stage_script():
