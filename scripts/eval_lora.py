@@ -99,13 +99,24 @@ def evaluate_cloze(ev, personas):
 
 
 def best_on_val(val_records, test_records, metric, arms):
-    """Per persona, the arm with the best val score (ties: the earlier arm), and its test records."""
-    chosen = {}
+    """Per persona, the arm with the best val score (ties: the earlier arm), and its test records.
+
+    A persona whose val split defines no score (e.g. no routine setting is ever open there) gets the
+    arm with the best mean val score over personas, so no persona drops out of the arm."""
+    chosen, scores = {}, {}
     for arm in arms:
         for persona, m in aggregate_per_persona(val_records.get(arm, [])).items():
             score = m.get(metric)
-            if score is not None and (persona not in chosen or score > chosen[persona][1]):
+            if score is None:
+                continue
+            scores.setdefault(arm, []).append(score)
+            if persona not in chosen or score > chosen[persona][1]:
                 chosen[persona] = (arm, score)
+    overall = max(scores, key=lambda arm: sum(scores[arm]) / len(scores[arm]), default=None)
+    tested = {r["persona_id"] for arm in arms for r in test_records.get(arm, [])}
+    for persona in tested - set(chosen):
+        if overall is not None:
+            chosen[persona] = (overall, None)
     choice = {p: arm for p, (arm, _) in sorted(chosen.items())}
     records = [r for p, arm in choice.items() for r in test_records[arm] if r["persona_id"] == p]
     return choice, records

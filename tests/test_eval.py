@@ -5,7 +5,10 @@ import pytest
 import torch
 from conftest import run_script
 
+from scripts.action_metrics import ActionMetrics
 from scripts.config import defaults
+from scripts.eval_lora import best_on_val
+from scripts.evaluation import TEXT_METRICS
 from scripts.generation import encode_prompts, generation_kwargs, padded_batch
 from scripts.prompting import build_turn_messages, render_prompt
 
@@ -51,6 +54,20 @@ def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_arch_dir):
 
 
 # ------------------------------------------------------------ the script end to end
+def test_best_on_val_falls_back_to_the_best_arm_overall_without_val_evidence():
+    def record(persona, hits, n=2):  # one routine-driven turn with n testable settings, `hits` stated right
+        keys = [f"lights.p{i}" for i in range(n)]
+        return {"persona_id": persona, "dialog_index": 0, "turn_index": 1, **{k: 0.0 for k in TEXT_METRICS},
+                "action_counts": ActionMetrics.compare_actions({}, {}),
+                "knowledge": {"routine_settings": keys, "routine_hits": keys[:hits], "routine_wrongs": []}}
+    val = {"a": [record("p1", 2), record("p2", 0)], "b": [record("p1", 0), record("p2", 1)]}
+    test = {arm: [record(p, 1) for p in ("p1", "p2", "p3")] for arm in ("a", "b")}
+    choice, records = best_on_val(val, test, "routine_f1", ["a", "b"])
+    # p1: a (F1 1.0 vs 0); p2: b (0.67 vs 0); p3 has no val turns: the best mean over personas, a (0.5 vs 0.33)
+    assert choice == {"p1": "a", "p2": "b", "p3": "a"}
+    assert len(records) == 3
+
+
 def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, demo_files, tmp_path):
     from peft import LoraConfig, get_peft_model
 
