@@ -62,8 +62,10 @@ def evaluate_split(ev, split, arms, personas, max_examples):
     """{arm: turn records} of one split for these personas; adapter arms' records carry their seed."""
     turns = collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples)
     records = {}
-    usual = usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
-    for arm in [a for a in arms if a in POLICY_ARMS]:
+    policies = [a for a in arms if a in POLICY_ARMS]
+    usual = (usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
+             if {"user_usual", "everyone_usual"} & set(policies) else None)
+    for arm in policies:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
                                 ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0], usual) for t in turns]
         records[arm] = ev.scorer.score(ev.dialogs, [{**t, "seed": None} for t in turns], replies)
@@ -112,11 +114,10 @@ def best_on_val(val_records, test_records, metric, arms):
             scores.setdefault(arm, []).append(score)
             if persona not in chosen or score > chosen[persona][1]:
                 chosen[persona] = (arm, score)
-    overall = max(scores, key=lambda arm: sum(scores[arm]) / len(scores[arm]), default=None)
-    tested = {r["persona_id"] for arm in arms for r in test_records.get(arm, [])}
-    for persona in tested - set(chosen):
-        if overall is not None:
-            chosen[persona] = (overall, None)
+    if scores:
+        overall = max(scores, key=lambda arm: sum(scores[arm]) / len(scores[arm]))
+        tested = {r["persona_id"] for arm in arms for r in test_records.get(arm, [])}
+        chosen.update({persona: (overall, None) for persona in tested - set(chosen)})
     choice = {p: arm for p, (arm, _) in sorted(chosen.items())}
     records = [r for p, arm in choice.items() for r in test_records[arm] if r["persona_id"] == p]
     return choice, records
