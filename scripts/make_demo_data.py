@@ -30,9 +30,10 @@ def print_report(sessions, sample_path):
     for key, label in RATE_LABELS.items():
         real_text = f"{getattr(real, key):.2f}" if real else "n/a"
         print(f"{label:<58}{real_text:>8}{getattr(demo, key):>8.2f}")
-    if len(sessions) > 1:
-        print(f"persona identified from wording (nearest centroid on word counts, test-split user messages): "
-              f"{identity_accuracy(sessions):.3f} (chance {1 / len(sessions):.3f})")
+    accuracy = identity_accuracy(sessions) if len(sessions) > 1 else None
+    print("persona identified from wording (nearest centroid on word counts, test-split user messages): "
+          + (f"{accuracy:.3f} (chance {1 / len(sessions):.3f})" if accuracy is not None
+             else "n/a (needs 2 personas and 2 sessions each)"))
     print(f"test-split assistant replies found word for word in a train dialogue: {repeated_references(sessions):.2f}")
 
 

@@ -115,14 +115,19 @@ def identity_accuracy(sessions_rows, train_share=0.6, test_share=0.2):
     """Share of test-split user messages whose persona a nearest-centroid word-count classifier names.
 
     Chance is 1 / number of personas. Centroids are the mean unit-length count vector of each
-    persona's train-split user messages; a message goes to the centroid of highest cosine.
+    persona's train-split user messages; a message goes to the centroid of highest cosine. None when
+    a persona has too few sessions for both splits.
     """
     train, test = [], []
     for persona, row in enumerate(sessions_rows):
         sessions = row["sessions"]
         n_train, n_test = int(len(sessions) * train_share), max(1, int(len(sessions) * test_share))
+        if n_train == 0 or n_train + n_test > len(sessions):
+            return None
         for part, chosen in ((train, sessions[:n_train]), (test, sessions[-n_test:])):
             part += [(persona, m["text"]) for s in chosen for m in s["messages"] if m["role"] == "user"]
+    if not train or not test:
+        return None
     vocabulary = {w: i for i, w in enumerate(sorted({w for _, t in train for w in TOKEN.findall(t.lower())}))}
 
     def unit(text):

@@ -63,6 +63,13 @@ def test_identity_cues_none_hides_who_is_speaking():
     assert accuracy["strong"] >= 0.2, accuracy
 
 
+def test_identity_accuracy_needs_both_splits():
+    _, _, rows = generate(2, 1, 0)  # one session each: no train split
+    assert identity_accuracy(rows) is None
+    _, _, rows = generate(2, 5, 0)
+    assert 0.0 <= identity_accuracy(rows) <= 1.0
+
+
 def test_identity_cues_none_shares_voices_and_activities():
     characters, _, rows = generate(8, 30, 0, WordingOptions(identity_cues="none"))
     hobbies = [c["character"].split(" loves ")[1].split(" and ")[0] for c in characters]
