@@ -111,7 +111,19 @@ def _counts(text, vocabulary):
     return vector
 
 
-def identity_accuracy(sessions_rows, train_share=0.6, test_share=0.2):
+def train_test_sessions(sessions, train_share=0.6, test_share=0.2):
+    """(first 60%, last 20%) of one persona's sessions, create_splits' default shares; None if either is empty."""
+    n_train, n_test = int(len(sessions) * train_share), max(1, int(len(sessions) * test_share))
+    if n_train == 0 or n_train + n_test > len(sessions):
+        return None
+    return sessions[:n_train], sessions[-n_test:]
+
+
+def _messages(sessions, role):
+    return [m["text"] for s in sessions for m in s["messages"] if m["role"] == role]
+
+
+def identity_accuracy(sessions_rows):
     """Share of test-split user messages whose persona a nearest-centroid word-count classifier names.
 
     Chance is 1 / number of personas. Centroids are the mean unit-length count vector of each
@@ -120,12 +132,11 @@ def identity_accuracy(sessions_rows, train_share=0.6, test_share=0.2):
     """
     train, test = [], []
     for persona, row in enumerate(sessions_rows):
-        sessions = row["sessions"]
-        n_train, n_test = int(len(sessions) * train_share), max(1, int(len(sessions) * test_share))
-        if n_train == 0 or n_train + n_test > len(sessions):
+        parts = train_test_sessions(row["sessions"])
+        if parts is None:
             return None
-        for part, chosen in ((train, sessions[:n_train]), (test, sessions[-n_test:])):
-            part += [(persona, m["text"]) for s in chosen for m in s["messages"] if m["role"] == "user"]
+        train += [(persona, text) for text in _messages(parts[0], "user")]
+        test += [(persona, text) for text in _messages(parts[1], "user")]
     if not train or not test:
         return None
     vocabulary = {w: i for i, w in enumerate(sorted({w for _, t in train for w in TOKEN.findall(t.lower())}))}
@@ -142,13 +153,11 @@ def identity_accuracy(sessions_rows, train_share=0.6, test_share=0.2):
     return float(np.mean(guesses == np.array([p for p, _ in test])))
 
 
-def repeated_references(sessions_rows, train_share=0.6, test_share=0.2):
+def repeated_references(sessions_rows):
     """Share of test-split assistant messages that occur word for word in some train-split session
     (of any persona): such references reward a model for recalling training text, not for knowing the user."""
     seen, test = set(), []
-    for row in sessions_rows:
-        sessions = row["sessions"]
-        n_train, n_test = int(len(sessions) * train_share), max(1, int(len(sessions) * test_share))
-        seen |= {m["text"] for s in sessions[:n_train] for m in s["messages"] if m["role"] == "assistant"}
-        test += [m["text"] for s in sessions[-n_test:] for m in s["messages"] if m["role"] == "assistant"]
+    for parts in filter(None, (train_test_sessions(row["sessions"]) for row in sessions_rows)):
+        seen.update(_messages(parts[0], "assistant"))
+        test += _messages(parts[1], "assistant")
     return sum(t in seen for t in test) / max(len(test), 1)
