@@ -49,10 +49,10 @@ CONTROL_PERSONAS ?= 12
 CONTROL_SESSIONS ?= 25
 CONTROL_DATA_positive := --proactive_share 0.6 --identity_cues none
 CONTROL_DATA_negative := --proactive_share 0.6 --identity_cues none --shared_preferences
-CONTROL_PATHS = --set data.dialogs=data/controls/$*/cleaned/dialogs_clean.jsonl \
-	--set data.splits=data/controls/$*/splits/edgesplits.json \
-	--set adapters.lora_all=models/controls/$*/lora_all \
-	--set adapters.lora_per_user_on_all=models/controls/$*/lora_per_user_on_all
+control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.jsonl \
+	--set data.splits=data/controls/$(1)/splits/edgesplits.json \
+	--set adapters.lora_all=models/controls/$(1)/lora_all \
+	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all
 
 controls: control-positive control-negative
 
@@ -60,19 +60,18 @@ control-positive control-negative: control-%:
 	$(PY) scripts/make_demo_data.py --out_dir data/controls/$*/raw --personas $(CONTROL_PERSONAS) --sessions $(CONTROL_SESSIONS) --seed 0 $(CONTROL_DATA_$*) --report
 	$(PY) scripts/clean_data.py --raw_dir data/controls/$*/raw --output data/controls/$*/cleaned/dialogs_clean.jsonl
 	$(PY) scripts/create_splits.py --input data/controls/$*/cleaned/dialogs_clean.jsonl --output data/controls/$*/splits/edgesplits.json
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS) --scope all --set training.epochs=1
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS) --scope per_user_on_all
-	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(CONTROL_PATHS) --output_dir results/controls/$*
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$*) --scope all --set training.epochs=1
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$*) --scope per_user_on_all
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$*) --output_dir results/controls/$*
 
 # Diagnosis of the positive control (after control-positive): per-user-on-unified adapters trained
 # 4 epochs, keeping the last epoch instead of the lowest-val-loss one, evaluated beside the same
 # unified adapter.
 DIAGNOSIS_ADAPTERS := models/controls/positive/lora_per_user_on_all_4epochs_last
-control-diagnosis: CONTROL_PATHS_POSITIVE = $(subst $$*,positive,$(value CONTROL_PATHS))
 control-diagnosis:
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(CONTROL_PATHS_POSITIVE) --scope per_user_on_all \
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,positive) --scope per_user_on_all \
 		--set training.epochs=4 --set training.keep_epoch=last --set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS)
-	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(CONTROL_PATHS_POSITIVE) \
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,positive) \
 		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/positive_4epochs_last
 
 bench:

@@ -305,7 +305,8 @@ COUNT_KEYS = ("device_tp", "device_fp", "device_fn", "param_tp", "param_fp", "pa
               "cat_n", "cat_ref", "cat_correct")
 
 
-def _triples(actions):
+def action_triples(actions):
+    """{(device, param, value)} of {device: {param: value}}."""
     return {(d, p, v) for d, ps in actions.items() for p, v in ps.items()}
 
 
@@ -316,7 +317,7 @@ class ActionMetrics:
     def compare_actions(pred, ref, given=frozenset()):
         """Counts for one turn; `given`: the (device, param, value) triples the user stated earlier."""
         dp, dr = set(pred), set(ref)
-        pred_items, ref_items = _triples(pred), _triples(ref)
+        pred_items, ref_items = action_triples(pred), action_triples(ref)
         counts = dict.fromkeys(COUNT_KEYS, 0)
         counts.update(device_tp=len(dp & dr), device_fp=len(dp - dr), device_fn=len(dr - dp))
         for kind, keep in (("param", lambda t: True), ("param_given", lambda t: t in given),

@@ -256,10 +256,10 @@ def load_config(path, overrides=()):
         raise UserError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if overrides and not isinstance(raw, dict):
-        raise UserError(f"{path}: a config must be a JSON object of sections")
     source = f"{path} (with --set)" if overrides else str(path)
-    config = validate(apply_overrides(raw, overrides, source) if overrides else raw, source)
+    if overrides and isinstance(raw, dict):  # anything else is rejected by validate
+        raw = apply_overrides(raw, overrides, source)
+    config = validate(raw, source)
     config["_source"] = str(path)
     return config
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from scripts.action_metrics import ActionExtractor, ActionMetrics
+from scripts.action_metrics import ActionExtractor, ActionMetrics, action_triples
 from scripts.prompting import HistoryRetriever, build_turn_messages, render_prompt
 from scripts.routine_knowledge import knowledge_metrics, message_actions, session_settings, turn_knowledge
 
@@ -90,8 +90,7 @@ class TurnScorer:
             t = turn["turn_index"]
             history = dialog["messages"][:t]
             actions, settings = self.dialog_state(dialogs, turn["dialog_index"])
-            given = {(d, p, v) for j, m in enumerate(history) if m["role"] == "user"
-                     for d, ps in actions[j].items() for p, v in ps.items()}
+            given = set().union(*(action_triples(actions[j]) for j, m in enumerate(history) if m["role"] == "user"))
             pred_actions = self.extract(pred, history)
             ref_actions = actions[t]  # the reference is message t, already read with its history
             rouge = self.rouge.score(turn["reference"], pred)

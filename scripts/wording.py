@@ -21,8 +21,9 @@ from collections import Counter
 
 import numpy as np
 
-from scripts.action_metrics import ActionExtractor
+from scripts.action_metrics import ActionExtractor, action_triples
 from scripts.data_io import UserError
+from scripts.routine_knowledge import message_actions
 
 FIRST_MESSAGES = 5  # the real sample holds the first five messages of a session
 TRIGRAM_TOKENS = 6000
@@ -48,10 +49,6 @@ RATE_LABELS = {
 }
 
 
-def _triples(actions):
-    return {(device, param, value) for device, params in actions.items() for param, value in params.items()}
-
-
 def trigram_variety(texts, n_tokens=TRIGRAM_TOKENS):
     tokens = [t for text in texts for t in TOKEN.findall(text)][:n_tokens]
     trigrams = list(zip(tokens, tokens[1:], tokens[2:]))
@@ -64,17 +61,16 @@ def wording_rates(dialogues, extractor=None):
     asked = volunteered = assistant = no_action = usual = user = 0
     for messages in dialogues:
         given = set()
-        for k, message in enumerate(messages):
-            actions = extract(message["text"], messages[:k])
+        for message, actions in zip(messages, message_actions({"messages": messages}, extract)):
             if message["role"] == "assistant":
                 assistant += 1
                 asked += "?" in message["text"]
-                volunteered += bool(_triples(actions) - given)
+                volunteered += bool(action_triples(actions) - given)
             else:
                 user += 1
                 no_action += not actions
                 usual += bool(USUAL.search(message["text"]))
-                given |= _triples(actions)
+                given |= action_triples(actions)
     texts = [m["text"] for messages in dialogues for m in messages]
     return WordingRates(question=asked / max(assistant, 1), unstated_value=volunteered / max(assistant, 1),
                         no_action=no_action / max(user, 1), usual=usual / max(user, 1),
