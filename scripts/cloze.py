@@ -3,14 +3,23 @@
 Wherever a user message states a value of the session's applied routine ("set it to 22",
 "a warm colour"), the message is cut just before the value and every candidate value of that
 parameter is scored as its continuation, teacher-forced on the dialogue so far: the schema's
-categories, or every integer of the parameter's range, written the way the user wrote the value,
-each followed by the same next word of the message (so "5" cannot win by being a prefix of "50").
+categories, or every integer of the parameter's range. Only knowledge can win:
+
+- every candidate is written the same way (the schema's spelling; "arm"/"disarm" in the form the
+  user used), so the answer never looks more natural than a distractor;
+- each candidate is followed by the same next word of the message, or by the chat template's
+  end-of-turn marker where the value ends the message, so "3" cannot win by being a prefix of "35";
+- an item whose value was already stated earlier in the same dialogue (by anyone) measures
+  copying, not memory: it is marked `in_context` and reported apart (cloze_in_context_top1).
+
 An item is correct when the user's actual value has the highest log-probability.
 
 No generation: one forward pass over the shared prefix (its KV cache is reused) and one over the
 candidates, so it is cheap on a CPU, and it measures knowledge even where replies ask back.
-Beside each persona's top-1 accuracy: chance (the mean of 1 / candidates) and the accuracy of
-always answering the most common value of that parameter in every user's train dialogues.
+Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
+always answering the most common value of that parameter in every user's train dialogues
+(majority), and always answering this user's own most common train value (habit; the population's
+where the user never stated that parameter in train).
 """
 
 import re
@@ -20,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from scripts.action_metrics import prescribed_settings
+from scripts.routine_knowledge import EVERYONE
 from scripts.prompting import build_turn_messages
 from scripts.schema import DEVICES
 
@@ -35,8 +45,9 @@ class ClozeItem:
     value: object
     before: str        # the user's message up to the value
     after: str         # the next word after it ("" at the end of the message)
-    candidates: tuple  # candidate texts, written like the user's
-    answer: int        # index of the user's text among the candidates
+    candidates: tuple  # candidate texts, all written the same way
+    answer: int        # index of the user's value among the candidates
+    in_context: bool   # the value was already stated earlier in this dialogue
 
 
 @dataclass(frozen=True)
@@ -49,15 +60,8 @@ class ClozeResult:
     correct: bool
     chance: float
     majority_correct: bool
-
-
-def _cased(text, like):
-    """`text` in the case the user wrote `like` in: lower, Capitalised, else the schema's own."""
-    if like.islower():
-        return text.lower()
-    if like[:1].isupper() and like[1:].islower():
-        return text[:1].upper() + text[1:].lower()
-    return text
+    habit_correct: bool
+    in_context: bool
 
 
 def _value_span(text, param, value):
@@ -78,8 +82,8 @@ def _candidates(device, param, written):
         return tuple(str(n) for n in range(spec[1], spec[2] + 1))
     if spec[0] == "bool":
         base = written.lower().removeprefix("dis")
-        return tuple(_cased(w, written) for w in (base, "dis" + base))
-    return tuple(_cased(v, written) for v in spec[1])
+        return base, "dis" + base
+    return tuple(spec[1])
 
 
 def _answer_index(candidates, written, value, param):
@@ -87,8 +91,7 @@ def _answer_index(candidates, written, value, param):
         return 0 if value else 1
     if isinstance(value, int):
         return candidates.index(written) if written in candidates else None
-    spec_values = [c.lower() for c in candidates]
-    return spec_values.index(value.lower()) if value.lower() in spec_values else None
+    return candidates.index(value) if value in candidates else None
 
 
 def cloze_items(dialogs, indices_by_persona, actions_of):
@@ -103,20 +106,22 @@ def cloze_items(dialogs, indices_by_persona, actions_of):
             if not prescribed:
                 continue
             actions = actions_of(index)
+            said = set()  # (device, param, value) stated by anyone before message k
             for k, message in enumerate(dialog["messages"]):
-                if message["role"] != "user":
-                    continue
-                for device, params in actions[k].items():
-                    for param, value in params.items():
-                        if prescribed.get(device, {}).get(param) != value:
-                            continue
-                        item = _item(persona, index, k, message["text"], device, param, value)
-                        if item is not None:
-                            items.append(item)
+                if message["role"] == "user":
+                    for device, params in actions[k].items():
+                        for param, value in params.items():
+                            if prescribed.get(device, {}).get(param) != value:
+                                continue
+                            item = _item(persona, index, k, message["text"], device, param, value,
+                                         (device, param, value) in said)
+                            if item is not None:
+                                items.append(item)
+                said |= {(d, p, v) for d, ps in actions[k].items() for p, v in ps.items()}
     return items
 
 
-def _item(persona, index, k, text, device, param, value):
+def _item(persona, index, k, text, device, param, value, in_context):
     span = _value_span(text, param, value)
     if span is None:
         return None
@@ -125,20 +130,21 @@ def _item(persona, index, k, text, device, param, value):
     answer = _answer_index(candidates, written, value, param)
     if answer is None:
         return None
-    if param == "armed" or not isinstance(value, int):  # a category: the user's own spelling of it
-        candidates = tuple(written if i == answer else c for i, c in enumerate(candidates))
     after = re.match(r"\s*[^\s]*", text[span[1]:]).group(0)
-    return ClozeItem(persona, index, k, device, param, value, text[:span[0]], after, candidates, answer)
+    return ClozeItem(persona, index, k, device, param, value, text[:span[0]], after, candidates, answer, in_context)
 
 
 def item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved=()):
-    """(shared prefix ids, [candidate tail ids]): the prompt up to the cut, then each candidate + next word."""
+    """(shared prefix ids, [candidate tail ids]): the prompt up to the cut, then each candidate followed by
+    the message's next word, or by the template's end-of-turn marker where the value ends the message."""
     marker = "\u2063"  # an invisible separator that no template rewrites
     messages = build_turn_messages(dialog, item.message_index, prompt_cfg, retrieved)
     messages.append({"role": "user", "content": item.before + marker})
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-    prefix_text = rendered[: rendered.index(marker)]
-    full = [tokenizer(prefix_text + c + item.after, add_special_tokens=False)["input_ids"] for c in item.candidates]
+    cut = rendered.index(marker)
+    prefix_text = rendered[:cut]
+    after = item.after or rendered[cut + 1:].rstrip()  # e.g. "<|im_end|>": the turn ends after the value
+    full = [tokenizer(prefix_text + c + after, add_special_tokens=False)["input_ids"] for c in item.candidates]
     shared = len(full[0])
     for ids in full[1:]:
         shared = min(shared, next((j for j, (a, b) in enumerate(zip(full[0], ids)) if a != b), min(len(ids), shared)))
@@ -174,19 +180,25 @@ def candidate_logprobs(model, prefix, tails, pad_id, adapter=None):
     return scores
 
 
-def majority_values(dialogs, train_indices, actions_of):
-    """{(device, param): the most common value the users state in all train dialogues}."""
-    counts = Counter()
-    for item in cloze_items(dialogs, {"all": train_indices}, actions_of):
-        counts[(item.device, item.param, item.value)] += 1
-    best = {}
-    for (device, param, value), n in counts.most_common():
-        best.setdefault((device, param), value)
-    return best
+def habit_values(dialogs, train_indices_by_persona, actions_of):
+    """{persona (and EVERYONE): {(device, param): the value stated most often in that persona's (all
+    personas') train dialogues}}; ties go to the value seen first."""
+    counts = {}
+    for persona, indices in train_indices_by_persona.items():
+        for item in cloze_items(dialogs, {persona: indices}, actions_of):
+            for who in (persona, EVERYONE):
+                counts.setdefault(who, Counter())[(item.device, item.param, item.value)] += 1
+    habits = {}
+    for who, counter in counts.items():
+        for (device, param, value), _ in counter.most_common():
+            habits.setdefault(who, {}).setdefault((device, param), value)
+    return habits
 
 
-def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, majority, retriever=None, seed=None):
-    """ClozeResults of one arm; adapter_of(persona) names each persona's adapter (None: skip it)."""
+def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, habits, retriever=None, seed=None):
+    """ClozeResults of one arm; adapter_of(persona) names each persona's adapter (None: skip it);
+    habits: `habit_values` of the train split, for the majority and habit baselines."""
+    majority = habits.get(EVERYONE, {})
     results = []
     for item in items:
         adapter = adapter_of(item.persona_id)
@@ -201,6 +213,9 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, m
         scores = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id,
                                     adapter if hasattr(model, "peft_config") else None)
         best = max(range(len(scores)), key=scores.__getitem__)
+        key = (item.device, item.param)
+        habit = habits.get(item.persona_id, {}).get(key, majority.get(key))
         results.append(ClozeResult(item.persona_id, arm, seed, item.dialog_index, item.message_index, best == item.answer,
-                                   1 / len(item.candidates), majority.get((item.device, item.param)) == item.value))
+                                   1 / len(item.candidates), majority.get(key) == item.value, habit == item.value,
+                                   item.in_context))
     return results

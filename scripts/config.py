@@ -26,7 +26,7 @@ SYSTEM_TEMPLATE = (
 
 PROMPT_ARMS = ("baseline", "character", "retrieval")
 # reference replies that need no model (scripts/routine_knowledge.py)
-POLICY_ARMS = ("silent", "echo", "oracle", "user_usual", "everyone_usual")
+POLICY_ARMS = ("silent", "echo", "echo_assistant", "rotate_usual", "oracle", "user_usual", "everyone_usual")
 ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
 SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all"}
 

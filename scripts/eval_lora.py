@@ -2,10 +2,11 @@
 
     python scripts/eval_lora.py --config configs/lora_eval.json [--personas p1,p2] [--output_dir results/lora]
 
-Arms: echo and oracle (reference replies with no model: what copying the user and perfect memory
-of the routine score on this data; silent, user_usual and everyone_usual on request: the last two
-state the user's / everyone's most frequent train values, and are compared with each other as a
-check of what the metric can see without a model), baseline, character, retrieval
+Arms: reference replies with no model (scripts/routine_knowledge.py): echo and echo_assistant (what
+copying the user's / the assistant's last message scores), rotate_usual (what hedging over the
+population's values scores), oracle (perfect memory of the routine), silent, and user_usual /
+everyone_usual (the user's / everyone's most frequent train values, compared with each other as a
+check of what the metric can see without a model); then baseline, character, retrieval
 (prompt-only), lora_all, lora_per_user, lora_per_user_on_all, and best_on_val (per persona, the
 model arm with the best validation score, reported on test). All
 adapters sit in one PEFT model and each generation batch mixes personas and arms, each row with
@@ -31,7 +32,7 @@ from scripts.adapters import arm_folder
 from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
 from scripts.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
 from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
-from scripts.cloze import cloze_items, majority_values, score_items
+from scripts.cloze import cloze_items, habit_values, score_items
 from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
 from scripts.modeling import distributed_state, gather_rows, load_embedder
 from scripts.predictions import PredictionStore
@@ -64,7 +65,7 @@ def evaluate_split(ev, split, arms, personas, max_examples):
     records = {}
     policies = [a for a in arms if a in POLICY_ARMS]
     usual = (usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
-             if {"user_usual", "everyone_usual"} & set(policies) else None)
+             if {"user_usual", "everyone_usual", "rotate_usual"} & set(policies) else None)
     for arm in policies:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
                                 ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0], usual) for t in turns]
@@ -87,7 +88,7 @@ def evaluate_cloze(ev, personas):
         return ev.scorer.dialog_state(ev.dialogs, index)[0]
 
     items = cloze_items(ev.dialogs, split_indices(ev.splits, "test", personas), actions_of)
-    majority = majority_values(ev.dialogs, [i for p in ev.splits.values() for i in p["train"]], actions_of)
+    habits = habit_values(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()}, actions_of)
     results = []
     for group in ev.groups:
         for arm in group.arms:
@@ -96,7 +97,7 @@ def evaluate_cloze(ev, personas):
                 def adapter_of(persona, arm=arm, seed=seed, group=group):
                     return group.adapters_for(arm, persona).get(seed)
                 results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
-                                       arm, adapter_of, majority, ev.retriever, seed)
+                                       arm, adapter_of, habits, ev.retriever, seed)
     return results
 
 
@@ -244,7 +245,7 @@ def main():
         write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))
     write_text_atomic(out / "comparison.md", markdown)
     plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
-             arm_comparison(frame, SECONDARY_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
+             arm_comparison(seeds, SECONDARY_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
     if "lora_all" in table.index and {"lora_per_user", "lora_per_user_on_all"} & set(table.index):
         plots.append(per_user_vs_unified(seeds, metric, out / "per_user_vs_unified.png"))
     print()

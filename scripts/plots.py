@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from scripts.data_io import atomic_path  # noqa: E402
-from scripts.study_stats import bootstrap_ci  # noqa: E402
+from scripts.tables import arm_interval  # noqa: E402
 
 
 def _save(fig, path):
@@ -32,21 +32,29 @@ def delta_histograms(frame, metric, path):
     return _save(fig, path)
 
 
-def arm_comparison(frame, metrics, path, n_boot=2000):
-    """Per arm and metric, the mean over personas with a bootstrap 95% interval (resampling personas)."""
-    arms = list(dict.fromkeys(frame["arm"]))
-    metrics = [m for m in metrics if m in frame]
+def arm_intervals(seeds, metrics, n_boot=2000):
+    """{(arm, metric): (mean, low, high)}: what `arm_comparison` draws, the arm table's interval for each."""
+    arms = list(dict.fromkeys(seeds["arm"]))
+    return {(arm, metric): arm_interval(seeds, arm, metric, n_boot) for metric in metrics if metric in seeds
+            for arm in arms}
+
+
+def arm_comparison(seeds, metrics, path, n_boot=2000):
+    """Per arm and metric, the mean over personas with the arm table's 95% interval (personas and seeds
+    resampled); an arm with no value for a metric gets no bar."""
+    intervals = arm_intervals(seeds, metrics, n_boot)
+    arms = list(dict.fromkeys(seeds["arm"]))
+    metrics = [m for m in metrics if m in seeds]
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(arms), 3.4))
-    width = 0.8 / len(metrics)
+    width = 0.8 / max(1, len(metrics))
     for k, metric in enumerate(metrics):
         means, errors = [], [[], []]
         for arm in arms:
-            values = frame.loc[frame["arm"] == arm, metric].dropna().to_numpy(dtype=float)
-            mean = values.mean() if len(values) else 0.0
-            low, high = bootstrap_ci(values, n_boot) if len(values) else (0.0, 0.0)
-            means.append(mean)
-            errors[0].append(max(0.0, mean - low))
-            errors[1].append(max(0.0, high - mean))
+            mean, low, high = intervals[(arm, metric)]
+            defined = mean == mean  # not NaN
+            means.append(mean if defined else 0.0)
+            errors[0].append(mean - low if defined else 0.0)
+            errors[1].append(high - mean if defined else 0.0)
         ax.bar([i + k * width for i in range(len(arms))], means, width, yerr=errors, capsize=2, label=metric)
     ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(arms))])
     ax.set_xticklabels(arms, rotation=30, ha="right", fontsize=8)

@@ -6,20 +6,26 @@ data, never from the reply:
 
 - The settings of a routine-driven session are the (device, parameter, value) triples of its
   applied routine (`prescribed_settings`) on the devices the session talks about.
-- A setting is *open* at every assistant turn before the user first states a value for that
-  device and parameter (any value: then it is known from the dialogue). It is *testable* when it
-  is open at one or more assistant turns at which its device has been talked about (in the
-  history or the reference reply): only those settings count, so a perfect memory can reach 1.
-- hit: a predicted reply at an open turn states the setting's value; wrong: one states another
-  value for that device and parameter (a setting may be both).
+- A setting is *open* at an assistant turn while its value is still unknown from the dialogue
+  and its device has come up: no message before the turn states any value for that device and
+  parameter (user or assistant, statement or question: "your usual 22 degrees?" closes it too),
+  and the device has been talked about in the history or the reference reply. A setting counts
+  (is testable) in a session when it is open at one or more of the session's evaluated turns.
+- Each setting is scored once, by the first value a reply states for it at an open turn: a hit
+  when that value is the routine's, a wrong otherwise; later statements are ignored. So varying
+  guesses earn nothing over a consistent one (stating A then B scores exactly as A twice), and
+  repeating what the dialogue already said earns nothing at all.
 - routine recall = hits / settings; precision = hits / (hits + wrongs); routine F1 = their
   harmonic mean = 2 hits / (settings + hits + wrongs), 0 when nothing is stated.
 
-Counts are pooled per persona, then averaged over personas (macro). Silence scores 0, and so does
-an echo of the user, which only repeats values after they stop being open.
+Counts are pooled per persona (a session evaluated under several training seeds counts once per
+seed, each with its own first statements), then averaged over personas (macro). Silence scores 0,
+and so does an echo of the user or of the assistant, which only repeats values that are closed.
 
 The reference policies (config.POLICY_ARMS) need no model: `silent` says "Okay.", `echo` repeats the
-user's last message, `oracle` states the applied routine's settings for every device talked about
+user's last message, `echo_assistant` the assistant's last message, `rotate_usual` states the
+population's three most common values for the devices talked about, rotating through them turn
+by turn (a hedger: what varying guesses score), `oracle` states the applied routine's settings for every device talked about
 so far, the reference reply included (perfect memory, reading the reference to know the devices).
 `user_usual` and `everyone_usual` state, for those devices, the values this user's (everyone's)
 train sessions' routines set most often: memory of the user's habits without the session's
@@ -54,50 +60,62 @@ def message_actions(dialog, extract):
 
 
 def session_settings(dialog, actions):
-    """The testable Settings of a dialogue (actions: `message_actions`), [] for a spontaneous one."""
+    """The Settings of a dialogue with at least one open turn (actions: `message_actions`); [] for a
+    spontaneous one."""
     prescribed = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
     if not prescribed:
         return []
     messages = dialog["messages"]
     settings = []
     for device, params in prescribed.items():
-        mentions = [k for k, a in enumerate(actions) if device in a]
-        if not mentions:
+        first_mention = next((k for k, a in enumerate(actions) if device in a), None)
+        if first_mention is None:
             continue  # the session never talks about this device
         for param, value in params.items():
-            stated = next((k for k, m in enumerate(messages) if m["role"] == "user" and param in actions[k].get(device, {})),
-                          len(messages))
-            open_turns = tuple(k for k, m in enumerate(messages) if m["role"] == "assistant" and k < stated)
-            if any(k >= mentions[0] for k in open_turns):
+            stated = next((k for k, a in enumerate(actions) if param in a.get(device, {})), len(messages))
+            open_turns = tuple(k for k, m in enumerate(messages)
+                               if m["role"] == "assistant" and first_mention <= k <= stated)
+            if open_turns:
                 settings.append(Setting(device, param, value, open_turns))
     return settings
 
 
 def turn_knowledge(settings, turn_index, predicted):
-    """{routine_settings, routine_hits, routine_wrongs} setting keys for one predicted reply.
-
-    routine_settings (the session's, the same on each of its turns) lets a run's records be
-    pooled per session without the dialogue at hand.
-    """
-    hits, wrongs = [], []
-    for s in settings:
-        if turn_index in s.open_turns and s.param in predicted.get(s.device, {}):
-            (hits if predicted[s.device][s.param] == s.value else wrongs).append(s.key)
-    return {"routine_settings": [s.key for s in settings], "routine_hits": hits, "routine_wrongs": wrongs}
+    """{routine_open, routine_hits, routine_wrongs}: the setting keys open at this turn, and those of
+    them the predicted reply states rightly / wrongly."""
+    open_now = [s for s in settings if turn_index in s.open_turns]
+    stated = [s for s in open_now if s.param in predicted.get(s.device, {})]
+    return {"routine_open": [s.key for s in open_now],
+            "routine_hits": [s.key for s in stated if predicted[s.device][s.param] == s.value],
+            "routine_wrongs": [s.key for s in stated if predicted[s.device][s.param] != s.value]}
 
 
 def knowledge_counts(records):
-    """(settings, hits, wrongs) pooled over the sessions of some turn records."""
-    sessions = {}
+    """(settings, hits, wrongs) of some turn records, pooled over their sessions.
+
+    A session is a dialogue under one training seed. Its settings are those open at one or more
+    of its evaluated turns; each is a hit or a wrong by the first reply, in turn order, that
+    states a value for it, and later replies do not change that.
+    """
+    sessions = defaultdict(list)
     for r in records:
-        k = r.get("knowledge")
-        if k is None:
-            continue
-        entry = sessions.setdefault(r["dialog_index"], (set(k["routine_settings"]), set(), set()))
-        entry[1].update(k["routine_hits"])
-        entry[2].update(k["routine_wrongs"])
-    return (sum(len(s) for s, _, _ in sessions.values()), sum(len(h) for _, h, _ in sessions.values()),
-            sum(len(w) for _, _, w in sessions.values()))
+        if r.get("knowledge") is not None:
+            sessions[(r.get("seed"), r["dialog_index"])].append(r)
+    n = hits = wrongs = 0
+    for session in sessions.values():
+        outcome = {}
+        for r in sorted(session, key=lambda r: r["turn_index"]):
+            k = r["knowledge"]
+            for key in k["routine_open"]:
+                outcome.setdefault(key, None)
+            for key in k["routine_hits"]:
+                outcome[key] = outcome[key] or "hit"
+            for key in k["routine_wrongs"]:
+                outcome[key] = outcome[key] or "wrong"
+        n += len(outcome)
+        hits += sum(v == "hit" for v in outcome.values())
+        wrongs += sum(v == "wrong" for v in outcome.values())
+    return n, hits, wrongs
 
 
 def knowledge_metrics(records):
@@ -139,11 +157,12 @@ def describe_settings(settings):
 
 
 EVERYONE = "*"
+ROTATED = 3  # rotate_usual cycles through the population's this many most common values
 
 
 def usual_settings(dialogs, train_indices_by_persona):
-    """{persona (and EVERYONE): {device: {param: value}}}: the value each (device, param) had most
-    often in the routines of that persona's (all personas') train sessions; ties go to the smaller value."""
+    """{persona (and EVERYONE): {device: {param: [values]}}}: the values each (device, param) had in the
+    routines of that persona's (all personas') train sessions, most frequent first (ties: smaller first)."""
     counts = defaultdict(lambda: defaultdict(Counter))
     for persona, indices in train_indices_by_persona.items():
         for i in indices:
@@ -155,22 +174,30 @@ def usual_settings(dialogs, train_indices_by_persona):
     usual = {}
     for who, by_key in counts.items():
         for (device, param), values in sorted(by_key.items()):
-            top = max(values.values())
-            usual.setdefault(who, {}).setdefault(device, {})[param] = min(v for v, n in values.items() if n == top)
+            ranked = sorted(values, key=lambda v: (-values[v], v))
+            usual.setdefault(who, {}).setdefault(device, {})[param] = ranked
     return usual
+
+
+def _last_text(messages, role):
+    return next((m["text"] for m in reversed(messages) if m["role"] == role), "Okay.")
 
 
 def policy_reply(arm, dialog, turn_index, actions, usual=None):
     """The reply of a reference policy at an assistant turn (actions: `message_actions` of the dialogue;
-    usual: `usual_settings` of the train split, for the user_usual and everyone_usual policies)."""
-    messages = dialog["messages"]
+    usual: `usual_settings` of the train split, for the user_usual, everyone_usual and rotate_usual policies)."""
+    messages = dialog["messages"][:turn_index]
     if arm == "silent":
         return "Okay."
     if arm == "echo":
-        return next((m["text"] for m in reversed(messages[:turn_index]) if m["role"] == "user"), "Okay.")
+        return _last_text(messages, "user")
+    if arm == "echo_assistant":
+        return _last_text(messages, "assistant")
     if arm == "oracle":
         settings = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
     else:
-        settings = (usual or {}).get(dialog["persona_id"] if arm == "user_usual" else EVERYONE, {})
+        ranked = (usual or {}).get(dialog["persona_id"] if arm == "user_usual" else EVERYONE, {})
+        pick = (turn_index // 2) % ROTATED if arm == "rotate_usual" else 0
+        settings = {d: {p: values[pick % len(values)] for p, values in ps.items()} for d, ps in ranked.items()}
     talked = {d for a in actions[: turn_index + 1] for d in a}
     return describe_settings({d: ps for d, ps in (settings or {}).items() if d in talked})

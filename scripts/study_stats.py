@@ -17,6 +17,7 @@ score on an arm is the mean over that arm's training seeds. For arm A against ar
   approximation at the family's strictest Holm level, alpha / family size).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +65,10 @@ def bootstrap_ci(scores_a, scores_b, n_boot=2000, seed=0, level=0.95):
         drawn = scores[personas[:, :, None], seeds[:, None, :]]  # (boot, personas, seeds)
         return np.nanmean(drawn, axis=2)
 
-    deltas = replicate_means(scores_a) - replicate_means(scores_b)
-    means = np.nanmean(deltas, axis=1)
+    with warnings.catch_warnings():  # a replicate may draw only seeds a persona lacks: NaN, left out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        deltas = replicate_means(scores_a) - replicate_means(scores_b)
+        means = np.nanmean(deltas, axis=1)
     alpha = (1 - level) / 2
     return float(np.nanquantile(means, alpha)), float(np.nanquantile(means, 1 - alpha))
 
@@ -85,13 +88,18 @@ def wilcoxon_p(deltas):
 
 
 def compare(arm, ref, metric, scores_a, scores_b, n_boot=2000, seed=0):
-    """Comparison of {persona: [score per seed]} of arm against ref on the personas both have."""
+    """Comparison of {persona: {seed: score}} of arm against ref on the personas both have.
+
+    A list of scores per persona stands for seeds 0, 1, ...; seeds are matched by id, so a persona
+    that lacks one seed's adapter leaves that seed's column empty instead of shifting the others.
+    """
+    scores_a, scores_b = _by_seed(scores_a), _by_seed(scores_b)
     common = sorted(p for p in scores_a if p in scores_b
-                    and np.isfinite(scores_a[p]).any() and np.isfinite(scores_b[p]).any())
+                    and np.isfinite(list(scores_a[p].values())).any() and np.isfinite(list(scores_b[p].values())).any())
     if not common:
         return Comparison(arm, ref, metric, 0)
-    a = _matrix([scores_a[p] for p in common])
-    b = _matrix([scores_b[p] for p in common])
+    a = seed_matrix([scores_a[p] for p in common])
+    b = seed_matrix([scores_b[p] for p in common])
     deltas = np.nanmean(a, axis=1) - np.nanmean(b, axis=1)
     low, high = bootstrap_ci(a, b, n_boot, seed)
     helped, hurt = int((deltas > 0).sum()), int((deltas < 0).sum())
@@ -100,11 +108,18 @@ def compare(arm, ref, metric, scores_a, scores_b, n_boot=2000, seed=0):
                       float(deltas.std(ddof=1)) if len(common) > 1 else 0.0)
 
 
-def _matrix(rows):
-    width = max(len(r) for r in rows)
-    out = np.full((len(rows), width), np.nan)
+def _by_seed(scores):
+    return {p: dict(v) if isinstance(v, dict) else dict(enumerate(v)) for p, v in scores.items()}
+
+
+def seed_matrix(rows):
+    """(personas, seeds) array from [{seed: score}]: one column per seed id, NaN where a persona lacks it."""
+    seeds = sorted({s for r in rows for s in r}, key=lambda s: (s is not None, s if s is not None else 0))
+    out = np.full((len(rows), len(seeds)), np.nan)
     for i, r in enumerate(rows):
-        out[i, : len(r)] = r
+        for j, s in enumerate(seeds):
+            if s in r:
+                out[i, j] = r[s]
     return out
 
 

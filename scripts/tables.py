@@ -13,10 +13,14 @@ import numpy as np
 import pandas as pd
 
 from scripts.evaluation import SUMMARY_COLUMNS, aggregate, aggregate_per_persona
-from scripts.study_stats import bootstrap_ci, compare, decide
+from scripts.study_stats import bootstrap_ci, compare, decide, seed_matrix
 
 POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing scores",
                 "echo": "repeats the user's last message (no model): what copying the user scores",
+                "echo_assistant": "repeats the assistant's last message (no model): what copying the dialogue's own "
+                                  "earlier turns scores",
+                "rotate_usual": "states the population's 3 most common values for the devices talked about, a "
+                                "different one each turn (no model): what hedging scores",
                 "oracle": "states the applied routine's settings for the devices talked about (no model, reads "
                           "the reference): what perfect memory scores",
                 "user_usual": "states the values this user's train-session routines set most often, for the devices "
@@ -40,13 +44,28 @@ def seed_frame(records_by_arm, cloze_results=()):
         cloze[(c.persona_id, c.arm, c.seed)].append(c)
     for key, results in cloze.items():
         if key in rows:
-            rows[key].update(cloze_top1=float(np.mean([c.correct for c in results])), cloze_items=len(results),
-                             cloze_chance=float(np.mean([c.chance for c in results])),
-                             cloze_majority=float(np.mean([c.majority_correct for c in results])))
+            rows[key].update(cloze_columns(results))
     arm_order = {arm: k for k, arm in enumerate(records_by_arm)}
     frame = pd.DataFrame(list(rows.values()))
+    for column in frame.columns.difference(["persona_id", "arm", "seed"]):  # a metric undefined everywhere: NaN
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame.sort_values(["persona_id", "arm"], key=lambda col: col.map(arm_order) if col.name == "arm" else col,
                              kind="stable").reset_index(drop=True)
+
+
+def cloze_columns(results):
+    """One persona's cloze figures: top-1 and its baselines on the items whose value the dialogue had
+    not stated yet (knowledge), top-1 on the in-context items apart (copying), and both counts."""
+    fresh = [c for c in results if not c.in_context]
+    seen = [c for c in results if c.in_context]
+
+    def mean(values):
+        return float(np.mean(values)) if values else np.nan
+
+    return {"cloze_top1": mean([c.correct for c in fresh]), "cloze_items": len(fresh),
+            "cloze_chance": mean([c.chance for c in fresh]), "cloze_majority": mean([c.majority_correct for c in fresh]),
+            "cloze_habit": mean([c.habit_correct for c in fresh]),
+            "cloze_in_context_top1": mean([c.correct for c in seen]), "cloze_in_context_items": len(seen)}
 
 
 def _numeric(frame):
@@ -61,18 +80,27 @@ def persona_frame(seeds):
     return frame.reset_index()
 
 
+def arm_interval(seeds, arm, metric, n_boot=2000):
+    """(mean over personas, 95% interval) of one arm's metric: personas and the arm's seeds resampled,
+    as in the comparisons; (NaN, NaN, NaN) when no persona has a value."""
+    scores = scores_by_persona(seeds, arm, metric)
+    if not scores:
+        return np.nan, np.nan, np.nan
+    matrix = seed_matrix(list(scores.values()))
+    low, high = bootstrap_ci(matrix, np.zeros_like(matrix), n_boot)
+    return float(np.nanmean(np.nanmean(matrix, axis=1))), low, high
+
+
 def arm_table(frame, seeds, metric, n_boot=2000):
-    """One row per arm: means over personas (macro), the primary metric's 95% interval and its SD between seeds."""
+    """One row per arm: means over personas (macro), how many personas define the primary metric
+    (`personas`: each arm's mean is over its own), its 95% interval and its SD between seeds."""
     table = frame.groupby("arm", sort=False)[_numeric(frame)].mean()
-    table["personas"] = frame.groupby("arm", sort=False)["persona_id"].nunique()
+    table["personas"] = frame.groupby("arm", sort=False)[metric].count() if metric in frame else 0
     table["turns"] = frame.groupby("arm", sort=False)["turns"].sum()
     table["seeds"] = seeds.groupby("arm", sort=False)["seed"].nunique()
     for arm in table.index:
-        scores = scores_by_persona(seeds, arm, metric)
-        if scores:
-            matrix = np.array([np.nanmean(v) for v in scores.values()])[:, None]
-            table.loc[arm, f"{metric}_ci_low"], table.loc[arm, f"{metric}_ci_high"] = bootstrap_ci(
-                matrix, np.zeros_like(matrix), n_boot)
+        _, table.loc[arm, f"{metric}_ci_low"], table.loc[arm, f"{metric}_ci_high"] = arm_interval(seeds, arm, metric,
+                                                                                                    n_boot)
         per_seed = seeds[(seeds["arm"] == arm) & seeds["seed"].notna()].groupby("seed")[metric].mean()
         table.loc[arm, f"{metric}_seed_sd"] = per_seed.std(ddof=1) if len(per_seed) > 1 else np.nan
     return table
@@ -84,29 +112,39 @@ def pooled_table(records_by_arm):
 
 
 def scores_by_persona(seeds, arm, metric):
-    """{persona: [the metric on each seed]} of one arm, personas with no defined value left out."""
+    """{persona: {seed: the metric}} of one arm (seed None for untrained arms), undefined values left out."""
     rows = seeds[(seeds["arm"] == arm)]
     if metric not in rows:
         return {}
     out = {}
-    for persona, values in rows.groupby("persona_id")[metric]:
-        values = values.dropna().to_numpy(dtype=float)
-        if len(values):
-            out[persona] = values
+    for row in rows[rows[metric].notna()].itertuples(index=False):
+        seed = None if pd.isna(row.seed) else int(row.seed)
+        out.setdefault(row.persona_id, {})[seed] = float(getattr(row, metric))
     return out
+
+
+def comparison_pairs(arms, refs):
+    """(arm, ref) for every arm against every reference arm, each unordered pair once: where both are
+    references, the arm listed later in `refs` is compared against the earlier one."""
+    pairs = []
+    for arm in arms:
+        for ref in refs:
+            if ref == arm or ref not in arms:
+                continue
+            if arm in refs and refs.index(arm) < refs.index(ref):
+                continue  # its mirror (ref vs arm) is in the family
+            pairs.append((arm, ref))
+    return pairs
 
 
 def comparisons(seeds, arms, refs, primary, secondary, n_boot, min_personas):
     """Every arm against every reference arm: the primary metric's family gets Holm and verdicts."""
     family, others = [], []
     for metric in [primary, *[m for m in secondary if m != primary]]:
-        for arm in arms:
-            for ref in refs:
-                if ref == arm or ref not in arms:
-                    continue
-                result = compare(arm, ref, metric, scores_by_persona(seeds, arm, metric),
-                                 scores_by_persona(seeds, ref, metric), n_boot, seed=0)
-                (family if metric == primary else others).append(result)
+        for arm, ref in comparison_pairs(arms, refs):
+            result = compare(arm, ref, metric, scores_by_persona(seeds, arm, metric),
+                             scores_by_persona(seeds, ref, metric), n_boot, seed=0)
+            (family if metric == primary else others).append(result)
     decide(family, min_personas)
     return pd.DataFrame([vars(c) for c in family + others])
 
@@ -139,8 +177,8 @@ def _interval(row, metric):
     return fmt(row.get(metric)) + ("" if low is None or pd.isna(low) else f" [{low:.3f}, {high:.3f}]")
 
 
-SHOWN = (("routine F1", "routine_f1"), ("cloze top-1", "cloze_top1"), ("param F1", "param_f1"),
-         ("device F1", "device_f1"), ("embedding sim", "embedding_similarity"))
+SHOWN = (("routine F1", "routine_f1"), ("param F1", "param_f1"), ("device F1", "device_f1"),
+         ("embedding sim", "embedding_similarity"))
 
 
 def markdown_tables(table, compared, metric):
@@ -155,8 +193,12 @@ def markdown_tables(table, compared, metric):
         "seeds": rows["seeds"].astype("Int64").astype(str),
         f"{metric} [95% CI]": [_interval(r, metric) for _, r in rows.iterrows()],
         "seed SD": [fmt(r.get(f"{metric}_seed_sd")) for _, r in rows.iterrows()],
+        "cloze top-1 [habit / majority]": [
+            "n/a" if pd.isna(r.get("cloze_top1", np.nan))
+            else f"{fmt(r['cloze_top1'])} [{fmt(r.get('cloze_habit'))} / {fmt(r.get('cloze_majority'))}]"
+            for _, r in rows.iterrows()],
         **{label: column(name) for label, name in SHOWN if name != metric},
-        "param given / private": [f"{fmt(r['param_given_f1'])} / {fmt(r['param_private_f1'])}"
+        "param given / private": [f"{fmt(r.get('param_given_f1'))} / {fmt(r.get('param_private_f1'))}"
                                   for _, r in rows.iterrows()],
     })
     primary = compared[compared["metric"] == metric] if len(compared) else compared
@@ -175,9 +217,12 @@ def markdown_tables(table, compared, metric):
     })
     notes = [f"- {arm}: {POLICY_NOTES[arm]}" for arm in rows["arm"] if arm in POLICY_NOTES]
     if "cloze_chance" in rows and rows["cloze_chance"].notna().any():
-        notes.append(f"- cloze top-1: the user's routine value ranked first where the user states it; chance "
-                     f"{fmt(rows['cloze_chance'].dropna().iloc[0])}, always the most common train value "
-                     f"{fmt(rows['cloze_majority'].dropna().iloc[0])}")
+        first = rows[rows["cloze_chance"].notna()].iloc[0]
+        notes.append(f"- cloze top-1: the user's routine value ranked first where the user states it and the dialogue "
+                     f"has not stated it yet; beside it, on each arm's own items, always this user's most common "
+                     f"train value (habit) and everyone's (majority); chance {fmt(first['cloze_chance'])} "
+                     f"({first['arm']}). Items whose value the dialogue already stated (copying) are apart: "
+                     f"cloze_in_context_top1 in per_persona.csv")
     trained = rows[rows["seeds"] > 0]
     if len(trained) and trained["seeds"].max() == 1:
         notes.append("- one training seed per adapter arm: seed-to-seed variance is not in these intervals")

@@ -4,19 +4,19 @@ import pytest
 import torch
 
 from scripts.action_metrics import ActionExtractor
-from scripts.cloze import candidate_logprobs, cloze_items, item_sequences, majority_values, score_items
+from scripts.cloze import candidate_logprobs, cloze_items, habit_values, item_sequences, score_items
 from scripts.config import defaults
-from scripts.routine_knowledge import message_actions
+from scripts.routine_knowledge import EVERYONE, message_actions
 
 extract = ActionExtractor().extract_actions
 ROUTINE = {"triggers": {"time_of_day": "evening"},
            "actions": {"lights": {"brightness": 50, "color": "warm"}, "ac": {"temperature": 21, "mode": "heat"}}}
 
 
-def _dialog(*user_texts, persona="persona_000"):
+def _dialog(*user_texts, persona="persona_000", assistant="Done."):
     messages = []
     for text in user_texts:
-        messages += [{"role": "user", "text": text}, {"role": "assistant", "text": "Done."}]
+        messages += [{"role": "user", "text": text}, {"role": "assistant", "text": assistant}]
     return {"persona_id": persona, "session_id": 0, "meta": {"time_of_day": "evening"}, "applied_routines": [0],
             "routines": [ROUTINE], "messages": messages}
 
@@ -37,7 +37,28 @@ def test_items_are_the_stated_routine_values():
     assert (bright.message_index, bright.before, bright.after) == (2, "Make it ", "%")
     assert len(bright.candidates) == 101 and bright.candidates[bright.answer] == "50"
     mode = by_param[("ac", "mode")]
-    assert mode.candidates == ("Cool", "Heat", "Auto") and mode.answer == 1 and mode.after == " mode."
+    assert mode.after == " mode." and not mode.in_context
+    # every candidate written the same way (the schema's), the answer too, whatever case the user wrote
+    assert mode.candidates == ("cool", "heat", "auto") and mode.answer == 1
+
+
+def test_candidates_carry_no_surface_cue():
+    dialogs = [{**_dialog("Switch the TV to Netflix please."),
+                "routines": [{"triggers": {}, "actions": {"tv": {"input_source": "Netflix"}}}]}]
+    item = _items(dialogs)[0][0]
+    assert item.candidates == ("HDMI1", "HDMI2", "AV", "Netflix", "YouTube") and item.answer == 3
+    lowered = [{**dialogs[0], "messages": [{"role": "user", "text": "switch the tv to netflix please."},
+                                           {"role": "assistant", "text": "Done."}]}]
+    assert _items(lowered)[0][0].candidates == item.candidates  # the user's casing changes nothing
+
+
+def test_values_the_dialogue_already_stated_are_set_apart():
+    dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", assistant="Lights at 50%, warm color?"),
+               _dialog("Turn on the lights.", "Make it 50% please.")]
+    items, _ = _items(dialogs)
+    by_dialog = {(i.dialog_index, i.param): i.in_context for i in items}
+    # dialogue 0: the assistant said 50% before the user did; dialogue 1: nobody had
+    assert by_dialog[(0, "brightness")] is True and by_dialog[(1, "brightness")] is False
 
 
 def test_spontaneous_sessions_give_no_items():
@@ -45,11 +66,15 @@ def test_spontaneous_sessions_give_no_items():
     assert items == []
 
 
-def test_majority_value_over_train_dialogues():
+def test_habit_and_majority_values_over_train_dialogues():
+    thirty = {"routines": [{**ROUTINE, "actions": {"lights": {"brightness": 30}}}]}
     dialogs = [_dialog("Lights to 50% please."), _dialog("Lights to 50% please."),
-               {**_dialog("Lights to 30% please."), "routines": [{**ROUTINE, "actions": {"lights": {"brightness": 30}}}]}]
+               {**_dialog("Lights to 30% please.", persona="b"), **thirty},
+               {**_dialog("Lights to 30% please.", persona="b"), **thirty}, _dialog("Lights to 50% please.", persona="b")]
     _, actions_of = _items(dialogs)
-    assert majority_values(dialogs, [0, 1, 2], actions_of) == {("lights", "brightness"): 50}
+    habits = habit_values(dialogs, {"persona_000": [0, 1], "b": [2, 3, 4]}, actions_of)
+    assert habits[EVERYONE] == {("lights", "brightness"): 50}  # three times against twice
+    assert habits["persona_000"] == {("lights", "brightness"): 50} and habits["b"] == {("lights", "brightness"): 30}
 
 
 def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir):
@@ -83,12 +108,29 @@ def test_score_items_marks_the_argmax(tiny_model):
     dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color.")]
     items, _ = _items(dialogs)
     cfg = {**defaults()["prompt"], "system_template": "S"}
-    results = score_items(model, tokenizer, dialogs, items, cfg, "baseline", lambda p: "__base__",
-                          {("lights", "brightness"): 50, ("lights", "color"): "cool"})
-    assert [(r.arm, r.majority_correct) for r in results] == [("baseline", True), ("baseline", False)]
+    habits = {EVERYONE: {("lights", "brightness"): 50, ("lights", "color"): "cool"},
+              "persona_000": {("lights", "color"): "warm"}}  # no brightness habit: the population's stands in
+    results = score_items(model, tokenizer, dialogs, items, cfg, "baseline", lambda p: "__base__", habits)
+    assert [(r.arm, r.majority_correct, r.habit_correct) for r in results] == [("baseline", True, True),
+                                                                               ("baseline", False, True)]
     assert results[0].chance == pytest.approx(1 / 101) and results[1].chance == pytest.approx(1 / 3)
     for item, result in zip(items, results):
         prefix, tails = item_sequences(tokenizer, dialogs[0], item, cfg)
         scores = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id)
         assert result.correct == (max(range(len(scores)), key=scores.__getitem__) == item.answer)
     assert score_items(model, tokenizer, dialogs, items, cfg, "lora_per_user", lambda p: None, {}) == []
+
+
+def test_no_candidate_wins_by_being_a_prefix(tiny_model):
+    """Where the value ends the message, every candidate ends with the end-of-turn marker, so no tail is a
+    token prefix of another ("3" of "35") and a two-digit answer can rank first."""
+    _, tokenizer = tiny_model
+    dialogs = [{**_dialog("Set the lights to 35"), "routines": [{**ROUTINE, "actions": {"lights": {"brightness": 35}}}]}]
+    item = _items(dialogs)[0][0]
+    assert item.after == "" and item.candidates[item.answer] == "35"
+    prefix, tails = item_sequences(tokenizer, dialogs[0], item, {**defaults()["prompt"], "system_template": "S"})
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert all(t[-1] == end_of_turn for t in tails)
+    for a in tails:
+        for b in tails:
+            assert a is b or a != b[: len(a)], (tokenizer.decode(a), tokenizer.decode(b))

@@ -59,7 +59,7 @@ def test_best_on_val_falls_back_to_the_best_arm_overall_without_val_evidence():
         keys = [f"lights.p{i}" for i in range(n)]
         return {"persona_id": persona, "dialog_index": 0, "turn_index": 1, **{k: 0.0 for k in TEXT_METRICS},
                 "action_counts": ActionMetrics.compare_actions({}, {}),
-                "knowledge": {"routine_settings": keys, "routine_hits": keys[:hits], "routine_wrongs": []}}
+                "knowledge": {"routine_open": keys, "routine_hits": keys[:hits], "routine_wrongs": []}}
     val = {"a": [record("p1", 2), record("p2", 0)], "b": [record("p1", 0), record("p2", 1)]}
     test = {arm: [record(p, 1) for p in ("p1", "p2", "p3")] for arm in ("a", "b")}
     choice, records = best_on_val(val, test, "routine_f1", ["a", "b"])
@@ -131,7 +131,10 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     comparison = list(csv.DictReader((out / "comparison.csv").open()))
     primary = [r for r in comparison if r["metric"] == "routine_f1"]
     assert {(r["arm"], r["ref"]) for r in primary} >= {("lora_per_user", "baseline"), ("lora_per_user", "lora_all"),
-                                                        ("lora_per_user", "retrieval"), ("baseline", "lora_all")}
+                                                        ("lora_per_user", "retrieval"), ("lora_all", "baseline")}
+    # each pair of reference arms once: no mirrored comparison in the Holm family
+    pairs = [(r["arm"], r["ref"]) for r in primary]
+    assert len(pairs) == len(set(pairs)) and not {(b, a) for a, b in pairs} & set(pairs)
     assert not {r["arm"] for r in comparison} & {"echo", "oracle"}
     assert {r["verdict"] for r in primary} == {"too few personas"}  # 3 personas, fewer than 10
     assert all(r["verdict"] == "" and r["holm_p"] == "" for r in comparison if r["metric"] != "routine_f1")
@@ -157,3 +160,18 @@ def test_reference_policies_need_no_chat_model(demo_files, tmp_path):
     arms = json.loads((tmp_path / "out" / "arm_metrics.json").read_text())["arms"]
     assert arms["silent"]["macro_routine_f1"] == 0.0 and arms["silent"]["param_f1"] == 0.0
     assert arms["oracle"]["macro_routine_f1"] >= 0.9 and arms["echo"]["param_f1"] > 0.5
+
+
+def test_a_small_policy_and_prompt_run_never_crashes_in_the_tables(tiny_model_dir, demo_files, tmp_path):
+    """The metric-integrity issue's crash: a few turns with no private values left a column undefined."""
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "generation": {"max_new_tokens": 3, "batch_size": 8}, "evaluation": {"cloze": False},
+        "arms": {"names": ["baseline", "retrieval", "echo", "oracle"], "best_on_val": False, "n_bootstrap": 100}}))
+    result = run_script("eval_lora.py", "--config", config, "--output_dir", tmp_path / "out",
+                        "--personas", "persona_000,persona_001", "--max_examples", "6")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "arm_metrics.json").read_text())
+    assert summary["turns"] == 6 and set(summary["arms"]) == {"baseline", "retrieval", "echo", "oracle"}

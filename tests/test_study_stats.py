@@ -5,7 +5,8 @@ import pytest
 
 from calibration import false_positive_rate, win_rate
 
-from scripts.study_stats import bootstrap_ci, compare, decide, holm, minimum_detectable_effect, sign_test_p, wilcoxon_p
+from scripts.study_stats import (bootstrap_ci, compare, decide, holm, minimum_detectable_effect, seed_matrix, sign_test_p,
+                                 wilcoxon_p)
 
 
 def test_sign_test_hand_values():
@@ -52,6 +53,19 @@ def test_compare_on_common_personas():
     # seeds: a persona's score is the mean over its seeds
     c = compare("x", "y", "m", {"p1": [0.2, 0.4]}, {"p1": [0.1]}, n_boot=100)
     assert c.macro_delta == pytest.approx(0.2)
+
+
+def test_seeds_are_matched_by_id_not_position():
+    """p2 lacks seed 0: its seed-1 score must stay in the seed-1 column, not slide into seed 0's."""
+    assert np.array_equal(seed_matrix([{0: 0.1, 1: 0.9}, {1: 0.9}]), [[0.1, 0.9], [np.nan, 0.9]], equal_nan=True)
+    assert np.array_equal(seed_matrix([{None: 0.3}, {None: 0.5}]), [[0.3], [0.5]])
+    # seed 0 scores 0.0 for everyone, seed 1 scores 1.0; half the personas lack seed 0. A replicate that
+    # draws seed 0 twice (a quarter of them) must give 0: positional columns would put the missing
+    # personas' seed-1 scores under seed 0, and no replicate would go below about 0.3.
+    a = {f"p{i}": {0: 0.0, 1: 1.0} if i % 2 else {1: 1.0} for i in range(10)}
+    b = {p: [0.0] for p in a}
+    c = compare("x", "y", "m", a, b, n_boot=2000)
+    assert c.macro_delta == pytest.approx(0.75) and c.ci_low == 0.0 and c.ci_high == 1.0
 
 
 def test_verdicts():
