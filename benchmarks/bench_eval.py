@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from common import demo_dataset, peak_rss_mb, prefill_report
 
-from scripts.adapters import attach_adapters, lora_config, save_adapter
-from scripts.arms import adapter_name
-from scripts.config import load_config
-from scripts.evaluation import build_prompts, collect_turns
-from scripts.generation import GenerationStats, encode_prompts, generate_texts, generation_kwargs
-from scripts.modeling import load_model_and_tokenizer
+from adaptcommand.evaluation.arms import adapter_name
+from adaptcommand.evaluation.evaluation import build_prompts, collect_turns
+from adaptcommand.model.adapters import attach_adapters, lora_config, save_adapter
+from adaptcommand.model.config import load_config
+from adaptcommand.model.generation import GenerationStats, encode_prompts, generate_texts, generation_kwargs
+from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
 def make_adapters(cfg, personas, folder):

@@ -16,13 +16,13 @@ import tempfile
 import time
 
 import torch
-
 from common import demo_dataset, peak_rss_mb, prefill_report
-from scripts.config import load_config
-from scripts.evaluation import build_prompts, collect_turns
-from scripts.splits import split_indices
-from scripts.generation import GenerationStats, encode_prompts, generate_texts, generation_kwargs
-from scripts.modeling import load_model_and_tokenizer
+
+from adaptcommand.data.splits import split_indices
+from adaptcommand.evaluation.evaluation import build_prompts, collect_turns
+from adaptcommand.model.config import load_config
+from adaptcommand.model.generation import GenerationStats, encode_prompts, generate_texts, generation_kwargs
+from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
 def one_by_one(model, tokenizer, prompts, gen_cfg):

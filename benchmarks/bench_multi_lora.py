@@ -20,11 +20,11 @@ import time
 import torch
 from common import demo_dataset, peak_rss_mb, training_examples
 
-from scripts.adapters import seeded
-from scripts.config import load_config
-from scripts.modeling import load_model_and_tokenizer
-from scripts.multi_lora import train_group
-from scripts.training import IGNORE, AdapterTrainer, select_examples, train_adapter
+from adaptcommand.model.adapters import seeded
+from adaptcommand.model.config import load_config
+from adaptcommand.model.modeling import load_model_and_tokenizer
+from adaptcommand.model.multi_lora import train_group
+from adaptcommand.model.training import IGNORE, AdapterTrainer, select_examples, train_adapter
 
 
 def qwen_shaped(device, dtype):

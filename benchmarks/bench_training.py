@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from common import demo_dataset, peak_rss_mb, training_examples
 
-from scripts.adapters import AdapterJob, lora_config, seeded
-from scripts.config import load_config
-from scripts.modeling import load_model_and_tokenizer
-from scripts.prompting import build_turn_messages
-from scripts.training import IGNORE, AdapterTrainer, collate, mean_loss, select_examples
+from adaptcommand.model.adapters import AdapterJob, lora_config, seeded
+from adaptcommand.model.config import load_config
+from adaptcommand.model.modeling import load_model_and_tokenizer
+from adaptcommand.model.prompting import build_turn_messages
+from adaptcommand.model.training import IGNORE, AdapterTrainer, collate, mean_loss, select_examples
 
 
 def per_turn_examples(tokenizer, dialogs, indices, cfg):

@@ -2,11 +2,11 @@
 
 import resource
 
-from scripts.cleaning import clean
-from scripts.data_io import write_jsonl
-from scripts.demo_data import generate
-from scripts.splits import make_splits
-from scripts.training import dialog_example
+from adaptcommand.data.cleaning import clean
+from adaptcommand.data.data_io import write_jsonl
+from adaptcommand.data.demo_data import generate
+from adaptcommand.data.splits import make_splits
+from adaptcommand.model.training import dialog_example
 
 
 def demo_dataset(tmp_dir, personas=4, sessions=20, seed=0):

@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scripts.cleaning import clean
-from scripts.data_io import run_cli, write_json, write_jsonl
+from adaptcommand.data.cleaning import clean
+from adaptcommand.data.data_io import run_cli, write_json, write_jsonl
 
 MAX_PRINTED_PROBLEMS = 20
 

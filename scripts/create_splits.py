@@ -12,8 +12,8 @@ checks (overlap, coverage, order, balance) go to `split_report.json` beside it.
 import argparse
 from pathlib import Path
 
-from scripts.data_io import UserError, load_dialogs, run_cli, write_json
-from scripts.splits import make_splits, split_report
+from adaptcommand.data.data_io import UserError, load_dialogs, run_cli, write_json
+from adaptcommand.data.splits import make_splits, split_report
 
 
 def parse_ratios(text):

@@ -9,8 +9,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from scripts.data_io import UserError, atomic_path, run_cli
-from scripts.schema import RAW_FILES
+from adaptcommand.data.data_io import UserError, atomic_path, run_cli
+from adaptcommand.data.schema import RAW_FILES
 
 REPO_ID = "TCLResearchEurope/EdgeWisePersona"
 

@@ -28,19 +28,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from scripts.adapters import arm_folder
-from scripts.arms import find_adapters, generate_rows, generation_rows, load_model_groups
-from scripts.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
-from scripts.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
-from scripts.cloze import cloze_items, habit_values, score_items
-from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns, make_retriever
-from scripts.modeling import distributed_state, gather_rows, load_embedder
-from scripts.predictions import PredictionStore
-from scripts.plots import arm_comparison, delta_histograms, per_user_vs_unified
-from scripts.routine_knowledge import policy_reply, usual_settings
-from scripts.splits import choose_personas, load_splits, split_indices
-from scripts.tables import (arm_table, comparisons, csv_rows, markdown_tables, persona_frame, pooled_table, seed_frame,
-                            with_deltas)
+from adaptcommand.data.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
+from adaptcommand.data.splits import choose_personas, load_splits, split_indices
+from adaptcommand.evaluation.arms import best_on_val, find_adapters, generate_rows, generation_rows, load_model_groups
+from adaptcommand.evaluation.cloze import cloze_items, habit_values, score_items
+from adaptcommand.evaluation.evaluation import TurnScorer, collect_turns, make_retriever
+from adaptcommand.evaluation.plots import arm_comparison, delta_histograms, per_user_vs_unified
+from adaptcommand.evaluation.predictions import PredictionStore
+from adaptcommand.evaluation.routine_knowledge import policy_reply, usual_settings
+from adaptcommand.evaluation.tables import (
+    arm_table,
+    comparisons,
+    csv_rows,
+    markdown_tables,
+    persona_frame,
+    pooled_table,
+    seed_frame,
+    with_deltas,
+)
+from adaptcommand.model.adapters import arm_folder
+from adaptcommand.model.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
+from adaptcommand.model.modeling import distributed_state, gather_rows, load_embedder
 
 REFERENCE_ARMS = ("baseline", "lora_all", "retrieval")
 SECONDARY_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
@@ -99,29 +107,6 @@ def evaluate_cloze(ev, personas):
                 results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
                                        arm, adapter_of, habits, ev.retriever, seed)
     return results
-
-
-def best_on_val(val_records, test_records, metric, arms):
-    """Per persona, the arm with the best val score (ties: the earlier arm), and its test records.
-
-    A persona whose val split defines no score (e.g. no routine setting is ever open there) gets the
-    arm with the best mean val score over personas, so no persona drops out of the arm."""
-    chosen, scores = {}, {}
-    for arm in arms:
-        for persona, m in aggregate_per_persona(val_records.get(arm, [])).items():
-            score = m.get(metric)
-            if score is None:
-                continue
-            scores.setdefault(arm, []).append(score)
-            if persona not in chosen or score > chosen[persona][1]:
-                chosen[persona] = (arm, score)
-    if scores:
-        overall = max(scores, key=lambda arm: sum(scores[arm]) / len(scores[arm]))
-        tested = {r["persona_id"] for arm in arms for r in test_records.get(arm, [])}
-        chosen.update({persona: (overall, None) for persona in tested - set(chosen)})
-    choice = {p: arm for p, (arm, _) in sorted(chosen.items())}
-    records = [r for p, arm in choice.items() for r in test_records[arm] if r["persona_id"] == p]
-    return choice, records
 
 
 def prompt_mismatches(cfg, availability):

@@ -14,9 +14,23 @@ also keeps the published statistics, which it prints beside the demo's.
 import argparse
 from pathlib import Path
 
-from scripts.data_io import UserError, run_cli, write_jsonl
-from scripts.demo_data import IDENTITY_CUES, REAL_PROACTIVE_SHARE, WordingOptions, generate, print_statistics, statistics
-from scripts.wording import RATE_LABELS, identity_accuracy, opening_excerpts, read_sample, repeated_references, wording_rates
+from adaptcommand.data.data_io import UserError, run_cli, write_jsonl
+from adaptcommand.data.demo_data import (
+    IDENTITY_CUES,
+    REAL_PROACTIVE_SHARE,
+    WordingOptions,
+    generate,
+    print_statistics,
+    statistics,
+)
+from adaptcommand.evaluation.wording import (
+    RATE_LABELS,
+    identity_accuracy,
+    opening_excerpts,
+    read_sample,
+    repeated_references,
+    wording_rates,
+)
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "edgewisepersona_sample" / "dialogues.jsonl"
 

@@ -13,13 +13,22 @@ import argparse
 import time
 from pathlib import Path
 
-from scripts.config import add_config_arguments, load_config
-from scripts.data_io import load_dialogs, run_cli, write_csv, write_json, write_jsonl
-from scripts.evaluation import (TurnScorer, aggregate, aggregate_per_persona, build_prompts, collect_turns,
-                                format_metrics, make_retriever, sample_record, summary_rows)
-from scripts.modeling import load_embedder, load_model_and_tokenizer
-from scripts.predictions import PredictionStore, generate_or_reuse
-from scripts.splits import choose_personas, load_splits, split_indices
+from adaptcommand.data.data_io import load_dialogs, run_cli, write_csv, write_json, write_jsonl
+from adaptcommand.data.splits import choose_personas, load_splits, split_indices
+from adaptcommand.evaluation.evaluation import (
+    TurnScorer,
+    aggregate,
+    aggregate_per_persona,
+    build_prompts,
+    collect_turns,
+    format_metrics,
+    make_retriever,
+    sample_record,
+    summary_rows,
+)
+from adaptcommand.evaluation.predictions import PredictionStore, generate_or_reuse
+from adaptcommand.model.config import add_config_arguments, load_config
+from adaptcommand.model.modeling import load_embedder, load_model_and_tokenizer
 
 
 def main():

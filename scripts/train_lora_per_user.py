@@ -31,13 +31,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from scripts.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
-from scripts.config import SCOPE_ARM, add_config_arguments, load_config
-from scripts.data_io import UserError, load_dialogs, read_json, run_cli, write_csv
-from scripts.modeling import distributed_state, gather_rows, load_model_and_tokenizer
-from scripts.multi_lora import train_in_groups
-from scripts.splits import choose_personas, load_splits
-from scripts.training import AdapterTrainer, tokenized_dialogs
+from adaptcommand.data.data_io import UserError, load_dialogs, read_json, run_cli, write_csv
+from adaptcommand.data.splits import choose_personas, load_splits
+from adaptcommand.model.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
+from adaptcommand.model.config import SCOPE_ARM, add_config_arguments, load_config
+from adaptcommand.model.modeling import distributed_state, gather_rows, load_model_and_tokenizer
+from adaptcommand.model.multi_lora import train_in_groups
+from adaptcommand.model.training import AdapterTrainer, tokenized_dialogs
 
 SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "best_epoch", "epochs_run", "train_tokens",
                   "seconds", "error")

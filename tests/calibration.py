@@ -12,7 +12,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.study_stats import compare, decide  # noqa: E402
+from adaptcommand.evaluation.study_stats import compare, decide  # noqa: E402
 
 
 def simulated_family(rng, n, effect, arms=3, n_boot=400):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.demo_data import generate
+from adaptcommand.data.demo_data import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT.parent / "shared" / "data" / "edgewisepersona_sample" / "dialogues.jsonl"
@@ -65,7 +65,7 @@ def build_tiny_model(folder, arch="llama", seed=0):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from scripts.modeling import BASE_CACHE, EMBEDDED_CHAT, _package_dir
+    from adaptcommand.model.modeling import BASE_CACHE, EMBEDDED_CHAT, _package_dir
 
     package, gguf_file, name = EMBEDDED_CHAT["embedded:smollm2-135m-instruct"]
     if (BASE_CACHE / name / "tokenizer.json").is_file():
@@ -97,7 +97,7 @@ def tiny_arch_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from scripts.modeling import load_model_and_tokenizer
+    from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
     return model, tokenizer
@@ -106,8 +106,8 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory):
     """Cleaned dialogues and splits for 3 demo personas x 10 sessions, plus the loaded objects."""
-    from scripts.cleaning import clean
-    from scripts.splits import make_splits
+    from adaptcommand.data.cleaning import clean
+    from adaptcommand.data.splits import make_splits
 
     folder = tmp_path_factory.mktemp("demo")
     dialogs, _, problems = clean(write_raw(folder / "raw", *generate(3, 10, seed=7)))

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.action_metrics import ActionExtractor, ActionMetrics, prescribed_settings
-from scripts.demo_data import generate
-from scripts.schema import active_actions
+from adaptcommand.data.demo_data import generate
+from adaptcommand.data.schema import active_actions
+from adaptcommand.evaluation.action_metrics import ActionExtractor, ActionMetrics, prescribed_settings
 
 LABELS = Path(__file__).parent / "data" / "labelled_actions.json"
 extract = ActionExtractor().extract_actions

@@ -5,12 +5,12 @@ import pytest
 import torch
 from conftest import BagOfWordsEmbedder, run_script
 
-from scripts.config import SCHEMA, defaults, load_config
-from scripts.data_io import UserError
-from scripts.evaluation import TurnScorer, aggregate, build_prompts, collect_turns, make_retriever
-from scripts.generation import encode_prompts, generate_texts, generation_kwargs, padded_batch
-from scripts.modeling import load_model_and_tokenizer
-from scripts.prompting import CHARACTER_HEADER, RETRIEVED_HEADER, build_turn_messages, render_prompt
+from adaptcommand.data.data_io import UserError
+from adaptcommand.evaluation.evaluation import TurnScorer, aggregate, build_prompts, collect_turns, make_retriever
+from adaptcommand.model.config import SCHEMA, defaults, load_config
+from adaptcommand.model.generation import encode_prompts, generate_texts, generation_kwargs, padded_batch
+from adaptcommand.model.modeling import load_model_and_tokenizer
+from adaptcommand.model.prompting import CHARACTER_HEADER, RETRIEVED_HEADER, build_turn_messages, render_prompt
 
 DIALOG = {"persona_id": "persona_000", "session_id": 4, "character": "Theo is a shy beekeeper.",
           "messages": [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "What brightness?"},
@@ -217,8 +217,8 @@ def test_chained_turns_give_identical_replies_with_less_prefill(tiny_arch_dir, d
     """Each dialogue's history read once (a cache carried across its turns) changes no reply."""
     from peft import LoraConfig, get_peft_model
 
-    from scripts.generation import GenerationStats
-    from scripts.modeling import load_model_and_tokenizer
+    from adaptcommand.model.generation import GenerationStats
+    from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ def test_chained_turns_give_identical_replies_with_less_prefill(tiny_arch_dir, d
 
 def test_chained_replies_identical_on_the_embedded_model(demo_files):
     """The same check on the real embedded chat model (SmolLM2-135M-Instruct), against one turn at a time."""
-    from scripts.modeling import load_model_and_tokenizer
+    from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer("embedded:smollm2-135m-instruct", device="cpu")
     dialogs, splits = demo_files["dialogs"], demo_files["splits"]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from scripts.action_metrics import ActionExtractor
-from scripts.cloze import candidate_logprobs, cloze_items, habit_values, item_sequences, score_items
-from scripts.config import defaults
-from scripts.routine_knowledge import EVERYONE, message_actions
+from adaptcommand.evaluation.action_metrics import ActionExtractor
+from adaptcommand.evaluation.cloze import candidate_logprobs, cloze_items, habit_values, item_sequences, score_items
+from adaptcommand.evaluation.routine_knowledge import EVERYONE, message_actions
+from adaptcommand.model.config import defaults
 
 extract = ActionExtractor().extract_actions
 ROUTINE = {"triggers": {"time_of_day": "evening"},
@@ -80,7 +80,7 @@ def test_habit_and_majority_values_over_train_dialogues():
 def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir):
     from peft import LoraConfig, get_peft_model
 
-    from scripts.modeling import load_model_and_tokenizer
+    from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
     torch.manual_seed(0)

@@ -5,10 +5,10 @@ import os
 import pytest
 from conftest import run_script, write_raw
 
-from scripts.cleaning import clean
-from scripts.demo_data import PUBLISHED, generate, statistics
-from scripts.splits import make_splits, split_report
-from scripts.schema import TRIGGERS, active_actions, triggers_match
+from adaptcommand.data.cleaning import clean
+from adaptcommand.data.demo_data import PUBLISHED, generate, statistics
+from adaptcommand.data.schema import TRIGGERS, active_actions, triggers_match
+from adaptcommand.data.splits import make_splits, split_report
 
 
 # ------------------------------------------------------------ demo data
@@ -248,6 +248,7 @@ def test_download_without_network_fails_in_one_line(tmp_path):
 def run_script_env(name, *args):
     import subprocess
     import sys
+
     from conftest import ROOT
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)],

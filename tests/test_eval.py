@@ -5,12 +5,12 @@ import pytest
 import torch
 from conftest import run_script
 
-from scripts.action_metrics import ActionMetrics
-from scripts.config import defaults
-from scripts.eval_lora import best_on_val
-from scripts.evaluation import TEXT_METRICS
-from scripts.generation import encode_prompts, generation_kwargs, padded_batch
-from scripts.prompting import build_turn_messages, render_prompt
+from adaptcommand.evaluation.action_metrics import ActionMetrics
+from adaptcommand.evaluation.arms import best_on_val
+from adaptcommand.evaluation.evaluation import TEXT_METRICS
+from adaptcommand.model.config import defaults
+from adaptcommand.model.generation import encode_prompts, generation_kwargs, padded_batch
+from adaptcommand.model.prompting import build_turn_messages, render_prompt
 
 
 # ------------------------------------------------------------ mixed-adapter batches
@@ -24,7 +24,7 @@ def _random_adapter(model, name, seed):
 def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_arch_dir):
     from peft import LoraConfig, get_peft_model
 
-    from scripts.modeling import load_model_and_tokenizer
+    from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
     torch.manual_seed(1)
@@ -71,8 +71,8 @@ def test_best_on_val_falls_back_to_the_best_arm_overall_without_val_evidence():
 def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, demo_files, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from scripts.adapters import save_adapter
-    from scripts.modeling import load_model_and_tokenizer
+    from adaptcommand.model.adapters import save_adapter
+    from adaptcommand.model.modeling import load_model_and_tokenizer
 
     models = tmp_path / "models"
     model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import ROOT, build_tiny_model, run_script
 
-from scripts.adapters import adapter_problem, save_adapter
-from scripts.modeling import load_model_and_tokenizer
-from scripts.predictions import PredictionStore, fingerprint
+from adaptcommand.evaluation.predictions import PredictionStore, fingerprint
+from adaptcommand.model.adapters import adapter_problem, save_adapter
+from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
 def _random_adapter(model_dir, folder, seed=0, targets=("q_proj", "v_proj")):

@@ -7,9 +7,9 @@ import sys
 import pytest
 from conftest import ROOT, run_script
 
-from scripts.config import load_config
-from scripts.data_io import UserError
-from scripts.splits import load_splits, make_splits, split_report
+from adaptcommand.data.data_io import UserError
+from adaptcommand.data.splits import load_splits, make_splits, split_report
+from adaptcommand.model.config import load_config
 
 STAGE_SCRIPTS = ("clean_data", "create_splits", "run_baseline_benchmark", "train_lora_per_user", "eval_lora",
                  "make_demo_data", "download_data")

@@ -7,15 +7,23 @@ import tempfile
 import pytest
 from conftest import BagOfWordsEmbedder, write_raw
 
-from scripts.action_metrics import ActionExtractor
-from scripts.cleaning import clean
-from scripts.config import POLICY_ARMS
-from scripts.demo_data import WordingOptions, generate
-from scripts.evaluation import TurnScorer, aggregate_per_persona, collect_turns
-from scripts.routine_knowledge import (EVERYONE, describe_settings, knowledge_metrics, message_actions, policy_reply,
-                                       session_settings, turn_knowledge, usual_settings)
-from scripts.schema import DEVICES
-from scripts.splits import make_splits
+from adaptcommand.data.cleaning import clean
+from adaptcommand.data.demo_data import WordingOptions, generate
+from adaptcommand.data.schema import DEVICES
+from adaptcommand.data.splits import make_splits
+from adaptcommand.evaluation.action_metrics import ActionExtractor
+from adaptcommand.evaluation.evaluation import TurnScorer, aggregate_per_persona, collect_turns
+from adaptcommand.evaluation.routine_knowledge import (
+    EVERYONE,
+    describe_settings,
+    knowledge_metrics,
+    message_actions,
+    policy_reply,
+    session_settings,
+    turn_knowledge,
+    usual_settings,
+)
+from adaptcommand.model.config import POLICY_ARMS
 
 extract = ActionExtractor().extract_actions
 ROUTINE = {"triggers": {"time_of_day": "evening"},

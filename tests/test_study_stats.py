@@ -2,11 +2,18 @@
 
 import numpy as np
 import pytest
-
 from calibration import false_positive_rate, win_rate
 
-from scripts.study_stats import (bootstrap_ci, compare, decide, holm, minimum_detectable_effect, seed_matrix, sign_test_p,
-                                 wilcoxon_p)
+from adaptcommand.evaluation.study_stats import (
+    bootstrap_ci,
+    compare,
+    decide,
+    holm,
+    minimum_detectable_effect,
+    seed_matrix,
+    sign_test_p,
+    wilcoxon_p,
+)
 
 
 def test_sign_test_hand_values():

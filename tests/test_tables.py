@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scripts.plots import arm_comparison, arm_intervals
-from scripts.tables import arm_table, comparison_pairs, comparisons, persona_frame
+from adaptcommand.evaluation.plots import arm_comparison, arm_intervals
+from adaptcommand.evaluation.tables import arm_table, comparison_pairs, comparisons, persona_frame
 
 REFS = ("baseline", "lora_all", "retrieval")
 

@@ -10,10 +10,10 @@ import torch
 from conftest import ROOT, run_script
 from safetensors.torch import load_file
 
-from scripts.adapters import seeded
-from scripts.config import defaults
-from scripts.prompting import chat_messages
-from scripts.training import IGNORE, BestEpoch, dialog_example, supervised_sequence
+from adaptcommand.model.adapters import seeded
+from adaptcommand.model.config import defaults
+from adaptcommand.model.prompting import chat_messages
+from adaptcommand.model.training import IGNORE, BestEpoch, dialog_example, supervised_sequence
 
 MESSAGES = [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "Lights on at 50%."},
             {"role": "user", "text": "Thanks!"}, {"role": "assistant", "text": "You're welcome."}]
@@ -129,9 +129,9 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
 def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
     from peft import PeftModel, get_peft_model
 
-    from scripts.adapters import lora_config, save_adapter
-    from scripts.modeling import load_model_and_tokenizer
-    from scripts.training import collate, dialog_example, train_adapter
+    from adaptcommand.model.adapters import lora_config, save_adapter
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+    from adaptcommand.model.training import collate, dialog_example, train_adapter
 
     cfg = seeded(defaults(), 0)
     cfg["lora"].update(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
@@ -211,10 +211,10 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     """The real configs run in bf16 on a GPU; the same code path runs here in bf16 on the CPU."""
     from peft import get_peft_model
 
-    from scripts.adapters import lora_config
-    from scripts.generation import generate_texts
-    from scripts.modeling import load_model_and_tokenizer
-    from scripts.training import train_adapter, trainable_state
+    from adaptcommand.model.adapters import lora_config
+    from adaptcommand.model.generation import generate_texts
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+    from adaptcommand.model.training import train_adapter, trainable_state
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu", dtype="bfloat16")
@@ -239,9 +239,9 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
     """per_user_on_all trains on top of this merge: it must be exactly base + unified adapter."""
     from peft import PeftModel, get_peft_model
 
-    from scripts.adapters import lora_config, merge_unified, save_adapter
-    from scripts.modeling import load_model_and_tokenizer
-    from scripts.training import collate
+    from adaptcommand.model.adapters import lora_config, merge_unified, save_adapter
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+    from adaptcommand.model.training import collate
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
@@ -270,8 +270,8 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
 
 def test_tokenized_examples_are_cached_between_runs(tiny_model_dir, demo_files):
     """A rerun (a new process) reuses the `datasets` cache instead of tokenizing again."""
-    code = ("import json, sys; from scripts.config import defaults; from scripts.modeling import load_tokenizer; "
-            "from scripts.training import tokenized_dialogs; "
+    code = ("import json, sys; from adaptcommand.model.config import defaults; from adaptcommand.model.modeling import load_tokenizer; "
+            "from adaptcommand.model.training import tokenized_dialogs; "
             "p = dict(defaults()['prompt'], system_template=sys.argv[3]); "
             "ds = tokenized_dialogs(load_tokenizer(sys.argv[1]), sys.argv[2], p, 256); "
             "print(json.dumps([ds.cache_files[0]['filename'], len(ds), ds[0]['input_ids'][:3]]))")

@@ -3,10 +3,10 @@
 import pytest
 from conftest import run_script
 
-from scripts.action_metrics import ActionExtractor
-from scripts.demo_data import WordingOptions, generate
-from scripts.schema import active_actions
-from scripts.wording import identity_accuracy, opening_excerpts, trigram_variety, wording_rates
+from adaptcommand.data.demo_data import WordingOptions, generate
+from adaptcommand.data.schema import active_actions
+from adaptcommand.evaluation.action_metrics import ActionExtractor
+from adaptcommand.evaluation.wording import identity_accuracy, opening_excerpts, trigram_variety, wording_rates
 
 extract = ActionExtractor().extract_actions
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.generation import generate_texts
+from adaptcommand.model.generation import generate_texts
 
 KEY_FIELDS = ("split", "arm", "seed", "dialog_index", "turn_index")
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from scripts.action_metrics import prescribed_settings
-from scripts.routine_knowledge import EVERYONE
-from scripts.prompting import build_turn_messages
-from scripts.schema import DEVICES
+from adaptcommand.data.schema import DEVICES
+from adaptcommand.evaluation.action_metrics import prescribed_settings
+from adaptcommand.evaluation.routine_knowledge import EVERYONE
+from adaptcommand.model.prompting import build_turn_messages
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,19 @@ model and the arms it serves. Reference policies (echo, oracle, silent) need no 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.adapters import (adapter_problem, arm_folder, attach_adapters, folder_problem, is_complete, merge_unified,
-                              seeds_found)
-from scripts.config import ADAPTER_ARMS, PROMPT_ARMS, arm_prompt
-from scripts.evaluation import build_prompts
-from scripts.predictions import adapter_hash, generate_or_reuse
-from scripts.modeling import load_model_and_tokenizer
+from adaptcommand.evaluation.evaluation import aggregate_per_persona, build_prompts
+from adaptcommand.evaluation.predictions import adapter_hash, generate_or_reuse
+from adaptcommand.model.adapters import (
+    adapter_problem,
+    arm_folder,
+    attach_adapters,
+    folder_problem,
+    is_complete,
+    merge_unified,
+    seeds_found,
+)
+from adaptcommand.model.config import ADAPTER_ARMS, PROMPT_ARMS, arm_prompt
+from adaptcommand.model.modeling import load_model_and_tokenizer
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -175,3 +182,26 @@ def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
     chains = [(r.arm, r.seed, turns[r.turn]["dialog_index"]) for r in rows]  # a dialogue's turns share one cache
     return generate_or_reuse(group.model, group.tokenizer, prompts, cfg["generation"], cfg["model"]["name"], keys, store,
                              adapter_names=names, adapter_hashes=hashes, chain_keys=chains, desc=f"{split} {group.name}")
+
+
+def best_on_val(val_records, test_records, metric, arms):
+    """Per persona, the arm with the best val score (ties: the earlier arm), and its test records.
+
+    A persona whose val split defines no score (e.g. no routine setting is ever open there) gets the
+    arm with the best mean val score over personas, so no persona drops out of the arm."""
+    chosen, scores = {}, {}
+    for arm in arms:
+        for persona, m in aggregate_per_persona(val_records.get(arm, [])).items():
+            score = m.get(metric)
+            if score is None:
+                continue
+            scores.setdefault(arm, []).append(score)
+            if persona not in chosen or score > chosen[persona][1]:
+                chosen[persona] = (arm, score)
+    if scores:
+        overall = max(scores, key=lambda arm: sum(scores[arm]) / len(scores[arm]))
+        tested = {r["persona_id"] for arm in arms for r in test_records.get(arm, [])}
+        chosen.update({persona: (overall, None) for persona in tested - set(chosen)})
+    choice = {p: arm for p, (arm, _) in sorted(chosen.items())}
+    records = [r for p, arm in choice.items() for r in test_records[arm] if r["persona_id"] == p]
+    return choice, records

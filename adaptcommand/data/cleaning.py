@@ -10,8 +10,8 @@ counted in the report.
 
 from pathlib import Path
 
-from scripts.data_io import UserError, read_jsonl_lenient
-from scripts.schema import RAW_FILES, ROLES, TRIGGERS, routine_problems, trigger_problem
+from adaptcommand.data.data_io import UserError, read_jsonl_lenient
+from adaptcommand.data.schema import RAW_FILES, ROLES, TRIGGERS, routine_problems, trigger_problem
 
 
 def character_problems(record):

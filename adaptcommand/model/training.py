@@ -22,9 +22,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from scripts.adapters import lora_config, save_adapter
-from scripts.data_io import UserError
-from scripts.prompting import chat_messages, system_prompt
+from adaptcommand.data.data_io import UserError
+from adaptcommand.model.adapters import lora_config, save_adapter
+from adaptcommand.model.prompting import chat_messages, system_prompt
 
 IGNORE = -100
 

@@ -21,9 +21,9 @@ from collections import Counter
 
 import numpy as np
 
-from scripts.action_metrics import ActionExtractor, action_triples
-from scripts.data_io import UserError
-from scripts.routine_knowledge import message_actions
+from adaptcommand.data.data_io import UserError
+from adaptcommand.evaluation.action_metrics import ActionExtractor, action_triples
+from adaptcommand.evaluation.routine_knowledge import message_actions
 
 FIRST_MESSAGES = 5  # the real sample holds the first five messages of a session
 TRIGRAM_TOKENS = 6000

@@ -19,9 +19,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scripts.adapters import lora_config, save_adapter
-from scripts.training import (IGNORE, BestEpoch, collate, epoch_batches, linear_schedule, select_examples,
-                              supervised_losses, val_losses)
+from adaptcommand.model.adapters import lora_config, save_adapter
+from adaptcommand.model.training import (
+    IGNORE,
+    BestEpoch,
+    collate,
+    epoch_batches,
+    linear_schedule,
+    select_examples,
+    supervised_losses,
+    val_losses,
+)
 
 
 class StackedLoRALinear(nn.Module):

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.data_io import UserError, atomic_path, write_json
+from adaptcommand.data.data_io import UserError, atomic_path, write_json
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_log.json")
 

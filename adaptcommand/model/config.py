@@ -12,7 +12,7 @@ import copy
 import json
 from pathlib import Path
 
-from scripts.data_io import UserError
+from adaptcommand.data.data_io import UserError
 
 OPTIONAL_INT = (int, type(None))
 NUMBER = (int, float)
@@ -181,7 +181,7 @@ def _list_problem(section, key, value):
 
 
 def _metric_problem(name):
-    from scripts.evaluation import PERSONA_METRICS
+    from adaptcommand.evaluation.evaluation import PERSONA_METRICS
 
     return None if name in PERSONA_METRICS else f"is not a metric; known: {', '.join(PERSONA_METRICS)}"
 

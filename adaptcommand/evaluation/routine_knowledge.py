@@ -36,7 +36,7 @@ can gain over a unified one on this metric.
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from scripts.action_metrics import prescribed_settings
+from adaptcommand.evaluation.action_metrics import prescribed_settings
 
 DEVICE_NAMES = {"tv": "TV", "ac": "AC", "lights": "lights", "speaker": "speaker", "security": "security system"}
 

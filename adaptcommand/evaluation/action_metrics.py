@@ -47,7 +47,7 @@ Routine knowledge, the study's primary metric, is session-level: scripts/routine
 
 import re
 
-from scripts.schema import DEVICES, active_actions, triggers_match
+from adaptcommand.data.schema import DEVICES, active_actions, triggers_match
 
 PARAM_DEVICES = {}
 for _device, _params in DEVICES.items():

@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import random
 
-from scripts.schema import DEVICES, TRIGGERS, active_actions, triggers_match
+from adaptcommand.data.schema import DEVICES, TRIGGERS, active_actions, triggers_match
 
 PUBLISHED = {  # project page of EdgeWisePersona
     "personas": 200, "sessions_per_persona": 50.0, "messages_per_session": 9.88,

@@ -12,8 +12,8 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from scripts.evaluation import SUMMARY_COLUMNS, aggregate, aggregate_per_persona
-from scripts.study_stats import bootstrap_ci, compare, decide, seed_matrix
+from adaptcommand.evaluation.evaluation import aggregate, aggregate_per_persona
+from adaptcommand.evaluation.study_stats import bootstrap_ci, compare, decide, seed_matrix
 
 POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing scores",
                 "echo": "repeats the user's last message (no model): what copying the user scores",

@@ -11,7 +11,7 @@ studies) may overlap `train`. `create_splits.py` writes ratios, source and check
 
 from collections import defaultdict
 
-from scripts.data_io import UserError, read_json
+from adaptcommand.data.data_io import UserError, read_json
 
 SPLIT_NAMES = ("train", "val", "test")
 OPTIONAL_SPLITS = ("online",)

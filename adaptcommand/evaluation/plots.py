@@ -5,8 +5,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from scripts.data_io import atomic_path  # noqa: E402
-from scripts.tables import arm_interval  # noqa: E402
+from adaptcommand.data.data_io import atomic_path  # noqa: E402
+from adaptcommand.evaluation.tables import arm_interval  # noqa: E402
 
 
 def _save(fig, path):

@@ -12,9 +12,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from scripts.action_metrics import ActionExtractor, ActionMetrics, action_triples
-from scripts.prompting import HistoryRetriever, build_turn_messages, render_prompt
-from scripts.routine_knowledge import knowledge_metrics, message_actions, session_settings, turn_knowledge
+from adaptcommand.evaluation.action_metrics import ActionExtractor, ActionMetrics, action_triples
+from adaptcommand.evaluation.routine_knowledge import (
+    knowledge_metrics,
+    message_actions,
+    session_settings,
+    turn_knowledge,
+)
+from adaptcommand.model.prompting import HistoryRetriever, build_turn_messages, render_prompt
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "embedding_similarity", "pred_words", "ref_words")
 PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",

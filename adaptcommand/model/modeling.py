@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from scripts.data_io import UserError, atomic_path
+from adaptcommand.data.data_io import UserError, atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CACHE = Path(os.environ.get("ADAPTCOMMAND_BASE_CACHE", ROOT / "models" / "base"))

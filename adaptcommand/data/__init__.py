@@ -1,0 +1,1 @@
+"""The dataset: its schema, files, cleaning, the documented split format and the demo generator."""

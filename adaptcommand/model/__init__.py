@@ -1,0 +1,1 @@
+"""Configs, model loading, the one prompt builder, batched generation, adapters and training."""
