@@ -4,7 +4,7 @@
 
 Same turns, same adapters, same prompts and generation settings (the config's), three ways:
 - ours: every adapter in one PEFT model, batches mixing personas (`adapter_names` per row), each
-  dialogue's key/value cache carried across its turns (scripts/generation.py);
+  dialogue's key/value cache carried across its turns (adaptcommand/model/generation.py);
 - earlier attempt's way: per persona, load the base model, merge its adapter, generate turn by turn;
 - per-persona batches: one PEFT model, one adapter active at a time, that persona's turns batched.
 The adapters are randomly initialised LoRAs of the config's shape (what is timed does not depend

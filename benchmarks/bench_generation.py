@@ -5,7 +5,7 @@
 Both paths generate greedily from identical prompts (the baseline's prompt builder on demo test
 turns) with the config's model (the embedded SmolLM2-135M-Instruct), prompt and generation
 settings (max_new_tokens, batch_size). Ours carries each dialogue's key/value cache across its
-turns (scripts/generation.py); the reference prefills every turn's prompt from scratch. Beside the
+turns (adaptcommand/model/generation.py); the reference prefills every turn's prompt from scratch. Beside the
 speedup: prompt tokens prefilled per turn by each, and the floor (each dialogue's tokens once,
 plus the generated tokens). The reference runs first; peak RSS is read after each path (the
 process peak, so the second figure includes the first).

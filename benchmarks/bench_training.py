@@ -10,7 +10,7 @@ settings, epochs and learning rate (configs/demo/lora_training.json); the guide 
 examples per step, ours 1 dialogue (about 5 assistant turns), so both make a similar number of
 optimizer steps per epoch. Both adapters'
 val loss is measured by the same function (assistant-token cross-entropy on the persona's val
-dialogues, scripts/training.py:mean_loss).
+dialogues, adaptcommand/model/training.py:mean_loss).
 """
 
 import argparse

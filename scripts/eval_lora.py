@@ -2,7 +2,7 @@
 
     python scripts/eval_lora.py --config configs/lora_eval.json [--personas p1,p2] [--output_dir results/lora]
 
-Arms: reference replies with no model (scripts/routine_knowledge.py): echo and echo_assistant (what
+Arms: reference replies with no model (adaptcommand/evaluation/routine_knowledge.py): echo and echo_assistant (what
 copying the user's / the assistant's last message scores), rotate_usual (what hedging over the
 population's values scores), oracle (perfect memory of the routine), silent, and user_usual /
 everyone_usual (the user's / everyone's most frequent train values, compared with each other as a

@@ -7,7 +7,7 @@ By default the data talks like the real dataset: the assistant mostly asks and t
 values, users name their activities and some have a voice of their own, at the rates of the real
 sample (--report measures both). The dials below plant a known answer for control studies:
 --proactive_share 0.6 --identity_cues none (per-user memory pays, and wording cannot tell users
-apart), or --shared_preferences (nothing private to learn). The generator (scripts/demo_data.py)
+apart), or --shared_preferences (nothing private to learn). The generator (adaptcommand/data/demo_data.py)
 also keeps the published statistics, which it prints beside the demo's.
 """
 

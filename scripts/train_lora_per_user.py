@@ -12,7 +12,7 @@ interrupted one. A persona that fails is reported and the loop goes on; the exit
 failed.
 
 training.parallel_personas = K > 1 trains K personas' adapters in one batched pass
-(scripts/multi_lora.py); each still gets exactly its own updates and its own folder.
+(adaptcommand/model/multi_lora.py); each still gets exactly its own updates and its own folder.
 Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N ...` on CPU)
 split the persona list between them; the summary covers all of them.
 

@@ -2,7 +2,9 @@
 
 import ast
 import json
+import subprocess
 import sys
+import tomllib
 
 import pytest
 from conftest import ROOT, run_script
@@ -26,9 +28,43 @@ def _imported_modules(path):
             yield from (f"{node.module}.{alias.name}" for alias in node.names)
 
 
+LAYERS = ("data", "model", "evaluation")  # data flows one way: a module imports only its own layer or earlier ones
+LIBRARY = sorted((ROOT / "adaptcommand").rglob("*.py"))
+
+
 def test_no_module_shadows_the_standard_library():
     modules = {p.stem for folder in ("scripts", "benchmarks", "tests") for p in (ROOT / folder).glob("*.py")}
+    modules |= {p.stem for p in LIBRARY if p.stem != "__init__"} | {p.parent.name for p in LIBRARY}
     assert modules & set(sys.stdlib_module_names) == set()
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    assert {p.parent.name for p in LIBRARY} == {"adaptcommand", *LAYERS}  # every module sits in a layer
+    offenders = {}
+    for path in LIBRARY:
+        if path.parent.name not in LAYERS:
+            continue
+        rank = LAYERS.index(path.parent.name)
+        for module in _imported_modules(path):
+            parts = module.split(".")
+            if parts[0] == "adaptcommand" and len(parts) > 1 and parts[1] in LAYERS and LAYERS.index(parts[1]) > rank:
+                offenders.setdefault(str(path.relative_to(ROOT)), set()).add(module)
+    assert offenders == {}
+
+
+def test_the_library_never_imports_a_stage_script_and_nothing_installs_scripts(tmp_path):
+    stages = {f"scripts.{s}" for s in STAGE_SCRIPTS} | set(STAGE_SCRIPTS)
+    for path in LIBRARY:
+        imported = set(_imported_modules(path))
+        assert not imported & stages and not any(m == "scripts" or m.startswith("scripts.") for m in imported), path
+    assert not (ROOT / "scripts" / "__init__.py").exists()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["adaptcommand*"]
+    # outside the repository, the environment knows adaptcommand and no top-level `scripts` package
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('scripts') is None, "
+                            "u.find_spec('adaptcommand') is not None)"], capture_output=True, text=True, cwd=tmp_path)
+    assert probe.stdout.split() == ["True", "True"], probe.stderr
+    assert sorted(p.stem for p in (ROOT / "scripts").glob("*.py")) == sorted(STAGE_SCRIPTS)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT)))
@@ -40,7 +76,7 @@ def test_every_shipped_config_validates(path):
 def test_no_script_imports_a_stage_script():
     stages = {f"scripts.{s}" for s in STAGE_SCRIPTS} | set(STAGE_SCRIPTS)
     offenders = {}
-    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *LIBRARY]:
         bad = stages & set(_imported_modules(path))
         if bad:
             offenders[path.name] = sorted(bad)

@@ -1,7 +1,7 @@
 """Validating the three raw EdgeWisePersona files and merging them into one dialogue per line.
 
 Line i of characters.jsonl, routines.jsonl and sessions.jsonl is persona i (`persona_000`, ...).
-Every record is checked against the schema (scripts/schema.py). Strict: any problem means no
+Every record is checked against the schema (adaptcommand/data/schema.py). Strict: any problem means no
 dialogues are kept. Lenient: a bad character or routines line drops that persona, a bad session
 drops that session, and both are listed. Whitespace is normalised, empty messages are dropped, and
 dialogues left without a user and an assistant message are dropped as degenerate; all of it is

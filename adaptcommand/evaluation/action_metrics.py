@@ -4,7 +4,7 @@ Extraction
 ----------
 `ActionExtractor().extract_actions(text, context=None) -> {device: {param: value}}` returns the
 devices a message acts on (requested, proposed, confirmed or asked about) and the parameter values
-stated for them, normalised to the schema in scripts/schema.py (ints, canonical categories such
+stated for them, normalised to the schema in adaptcommand/data/schema.py (ints, canonical categories such
 as "warm", "bass boost", "HDMI1", armed True/False). A device with no stated value maps to {}.
 
 - Device words match on word boundaries with the dataset's vocabulary (AC / air conditioning /
@@ -42,7 +42,7 @@ was stated by the user earlier in the dialogue (`given`: echoing can score there
 Numerical and categorical accuracy come with their coverage: the share of the reference's
 numeric (categorical) pairs that the prediction states at all.
 
-Routine knowledge, the study's primary metric, is session-level: scripts/routine_knowledge.py.
+Routine knowledge, the study's primary metric, is session-level: adaptcommand/evaluation/routine_knowledge.py.
 """
 
 import re

@@ -159,7 +159,7 @@ def candidate_logprobs(model, prefix, tails, pad_id, adapter=None):
     names = {} if adapter is None else {"adapter_names": [adapter]}
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **names)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(len(tails))
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
@@ -169,7 +169,7 @@ def candidate_logprobs(model, prefix, tails, pad_id, adapter=None):
         ids[row, : len(tail)] = torch.tensor(tail, device=device)
         mask[row, len(prefix): len(prefix) + len(tail)] = 1
     names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
-    logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, **names).logits.float()
+    logits = model(input_ids=ids, attention_mask=mask, cache=cache, **names).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     scores = []
     for row, tail in enumerate(tails):

@@ -2,8 +2,8 @@
 
 Unit: every assistant turn of every dialogue of a split, predicted from the ground-truth history
 before it. Per turn: ROUGE-1/2/L F1, embedding cosine similarity (all-MiniLM-L6-v2), the action
-metrics of scripts/action_metrics.py (parameter F1 split into values the user gave earlier and
-private ones), the routine-knowledge counts of scripts/routine_knowledge.py, and
+metrics of adaptcommand/evaluation/action_metrics.py (parameter F1 split into values the user gave earlier and
+private ones), the routine-knowledge counts of adaptcommand/evaluation/routine_knowledge.py, and
 prediction/reference lengths. Runs aggregate as means for the text metrics, micro sums for the
 action counts and session-pooled routine knowledge; the study's tables are per persona, then macro.
 """
@@ -22,11 +22,6 @@ from adaptcommand.evaluation.routine_knowledge import (
 from adaptcommand.model.prompting import HistoryRetriever, build_turn_messages, render_prompt
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "embedding_similarity", "pred_words", "ref_words")
-PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
-                   "param_private_f1", "param_precision", "param_recall", "device_f1", "device_precision",
-                   "device_recall", "numerical_exact", "numerical_within1", "numerical_coverage",
-                   "categorical_accuracy", "categorical_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL",
-                   "cloze_top1")
 
 
 def collect_turns(dialogs, indices_by_persona, max_examples=None):

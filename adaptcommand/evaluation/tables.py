@@ -3,7 +3,7 @@
 `seed_frame` is the long table (one row per persona, arm and training seed; seed None for arms
 that are not trained) from which everything else comes: `persona_frame` averages each persona's
 seeds, `arm_table` averages personas (macro: the same unit as the deltas), and `comparisons` runs
-the paired statistics and the decision rule of scripts/study_stats.py on the seed-level scores.
+the paired statistics and the decision rule of adaptcommand/evaluation/study_stats.py on the seed-level scores.
 Turn-pooled (micro) figures are kept apart, in `pooled_table`.
 """
 

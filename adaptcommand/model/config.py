@@ -25,9 +25,15 @@ SYSTEM_TEMPLATE = (
 )
 
 PROMPT_ARMS = ("baseline", "character", "retrieval")
-# reference replies that need no model (scripts/routine_knowledge.py)
+# reference replies that need no model (adaptcommand/evaluation/routine_knowledge.py)
 POLICY_ARMS = ("silent", "echo", "echo_assistant", "rotate_usual", "oracle", "user_usual", "everyone_usual")
 ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
+# per-persona metrics the evaluation reports, any of which a config may name as arms.primary_metric
+PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
+                   "param_private_f1", "param_precision", "param_recall", "device_f1", "device_precision",
+                   "device_recall", "numerical_exact", "numerical_within1", "numerical_coverage",
+                   "categorical_accuracy", "categorical_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL",
+                   "cloze_top1")
 SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all"}
 
 # section -> key -> (allowed types, default)
@@ -62,7 +68,7 @@ SCHEMA = {
         "embedding_model": (str, "embedded:all-minilm-l6-v2"),
         "max_examples": (OPTIONAL_INT, None),
         "sample_outputs": (int, 20),
-        "cloze": (bool, True),                 # the preference cloze (scripts/cloze.py) for every model arm
+        "cloze": (bool, True),                 # the preference cloze (adaptcommand/evaluation/cloze.py) for every model arm
     },
     "lora": {
         "r": (int, 8),
@@ -181,8 +187,6 @@ def _list_problem(section, key, value):
 
 
 def _metric_problem(name):
-    from adaptcommand.evaluation.evaluation import PERSONA_METRICS
-
     return None if name in PERSONA_METRICS else f"is not a metric; known: {', '.join(PERSONA_METRICS)}"
 
 

@@ -73,7 +73,7 @@ def _routed(model, names, call):
 
 def _generate(model, input_ids, attention, kwargs, names, cache):
     return _routed(model, names, lambda **extra: model.generate(input_ids=input_ids, attention_mask=attention,
-                                                                past_key_values=cache, **kwargs, **extra))
+                                                                cache=cache, **kwargs, **extra))
 
 
 def prompt_chains(ids, keys):
@@ -93,7 +93,7 @@ def _forward_cache(model, tokens, mask, names):
     """The key/value cache of a left-padded batch (logits only at the last position: they are not needed)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads do not count, as generate() counts them
     return _routed(model, names, lambda **extra: model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                                       use_cache=True, logits_to_keep=1, **extra).past_key_values)
+                                                       use_cache=True, logits_to_keep=1, **extra).cache)
 
 
 def _turn_cache(model, sources, lengths):

