@@ -70,7 +70,7 @@ control-positive control-negative: control-%:
 DIAGNOSIS_ADAPTERS := models/controls/positive/lora_per_user_on_all_4epochs_last
 control-diagnosis:
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,positive) --scope per_user_on_all \
-		--set training.epochs=4 --set training.keep_epoch=last --set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS)
+		--set training.epochs=4 --set training.select_by=last --set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS)
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,positive) \
 		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/positive_4epochs_last
 

@@ -4,8 +4,8 @@
         [--personas p1,p2 | --max_personas N] [--output_dir DIR] [--overwrite]
 
 The base model is loaded once. Each adapter trains on whole train-split dialogues (loss on
-assistant tokens), is scored on the val split after every epoch, stops early and keeps its best
-epoch, and is saved as a standard PEFT folder (adapter_config.json, adapter_model.safetensors)
+assistant tokens), is scored on the val split after every epoch (loss, and the log-probability of
+the user's routine values: training.select_by), stops early and keeps the selected epoch, and is saved as a standard PEFT folder (adapter_config.json, adapter_model.safetensors)
 plus train_log.json (with the prompt settings it was trained with). Adapters are trained into a
 hidden temporary folder and renamed when done, so a rerun skips finished personas and redoes an
 interrupted one. A persona that fails is reported and the loop goes on; the exit code is 1 if any
@@ -33,22 +33,33 @@ from tqdm.auto import tqdm
 
 from adaptcommand.data.data_io import UserError, load_dialogs, read_json, run_cli, write_csv
 from adaptcommand.data.splits import choose_personas, load_splits
+from adaptcommand.evaluation.action_metrics import ActionExtractor
+from adaptcommand.evaluation.cloze import first_value_spans
+from adaptcommand.evaluation.routine_knowledge import message_actions
 from adaptcommand.model.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
 from adaptcommand.model.config import SCOPE_ARM, add_config_arguments, load_config
 from adaptcommand.model.modeling import distributed_state, gather_rows, load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_in_groups
 from adaptcommand.model.training import AdapterTrainer, tokenized_dialogs
 
-SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "best_epoch", "epochs_run", "train_tokens",
-                  "seconds", "error")
+SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "val_knowledge", "best_epoch", "epochs_run",
+                  "train_tokens", "seconds", "error")
 
 
 def summary_row(job, status, log=None, error=""):
     log = log or {}
     return {"persona_id": job.name, "seed": job.seed, "status": status, "train_loss": log.get("final_train_loss"),
-            "val_loss": log.get("best_val_loss"), "best_epoch": log.get("best_epoch"),
+            "val_loss": log.get("best_val_loss"), "val_knowledge": log.get("best_val_knowledge"),
+            "best_epoch": log.get("best_epoch"),
             "epochs_run": len(log.get("epochs", [])), "train_tokens": log.get("train_tokens"),
             "seconds": log.get("seconds"), "error": error}
+
+
+def val_value_spans(dialogs, splits):
+    """{val dialogue index: where its routine values are first stated}: what select_by val_knowledge scores."""
+    extract = ActionExtractor().extract_actions
+    indices = sorted({i for entry in splits.values() for i in entry["val"]})
+    return {i: first_value_spans(dialogs[i], message_actions(dialogs[i], extract)) for i in indices}
 
 
 def main():
@@ -91,8 +102,11 @@ def main():
             tqdm.write(f"{job.name} (seed {job.seed}): FAILED: {error}")
             rows.append(summary_row(job, "failed", error=error))
             return
-        tqdm.write(f"{job.name} (seed {job.seed}): best epoch {log['best_epoch']}/{len(log['epochs'])}, train loss "
-                   f"{log['final_train_loss']:.3f}, val loss {log['best_val_loss'] or float('nan'):.3f}, "
+        knowledge = log["best_val_knowledge"]
+        tqdm.write(f"{job.name} (seed {job.seed}): kept epoch {log['best_epoch']}/{len(log['epochs'])} "
+                   f"(by {log['select_by']}), train loss {log['final_train_loss']:.3f}, val loss "
+                   f"{log['best_val_loss'] or float('nan'):.3f}, val knowledge "
+                   f"{float('nan') if knowledge is None else knowledge:.3f}, "
                    f"{log['train_tokens']} tokens, {log['seconds']:.0f} s"
                    + (f" ({log['parallel_personas']} trained together)" if "parallel_personas" in log else "")
                    + f" -> {job.folder}")
@@ -101,8 +115,9 @@ def main():
     if todo:
         device = str(state.device) if state is not None and cfg["model"]["device"] == "auto" else cfg["model"]["device"]
         model, tokenizer, model_path = load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])
+        spans = val_value_spans(dialogs, splits) if cfg["training"]["select_by"] == "val_knowledge" else None
         examples = tokenized_dialogs(tokenizer, cfg["data"]["dialogs"], cfg["prompt"], cfg["training"]["max_seq_length"],
-                                     cfg["training"]["loss_on"])
+                                     cfg["training"]["loss_on"], spans)
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
                  "prompt": cfg["prompt"], "lora": cfg["lora"], "training": cfg["training"]}
         trainer = None

@@ -31,11 +31,12 @@ def config_factory(tmp_path, tiny_model_dir, demo_files):
 
 def test_personas_trained_together_equal_one_by_one(config_factory, tiny_arch_dir, tmp_path):
     alone, together = tmp_path / "alone", tmp_path / "together"
-    result = run_script("train_lora_per_user.py", "--config", config_factory("one", tiny_arch_dir), "--output_dir", alone)
+    result = run_script("train_lora_per_user.py", "--config",
+                        config_factory("one", tiny_arch_dir, select_by="val_knowledge"), "--output_dir", alone)
     assert result.returncode == 0, result.stderr
     result = run_script("train_lora_per_user.py", "--config",
-                        config_factory("k3", tiny_arch_dir, parallel_personas=3, micro_batch_size=2),
-                        "--output_dir", together)
+                        config_factory("k3", tiny_arch_dir, parallel_personas=3, micro_batch_size=2,
+                                       select_by="val_knowledge"), "--output_dir", together)
     assert result.returncode == 0, result.stderr
     assert "(3 trained together)" in result.stdout
     for persona in ("persona_000", "persona_001", "persona_002"):
@@ -48,6 +49,14 @@ def test_personas_trained_together_equal_one_by_one(config_factory, tiny_arch_di
         log_b = json.loads((together / "seed_0" / persona / "train_log.json").read_text())
         assert log_a["best_epoch"] == log_b["best_epoch"] and len(log_a["epochs"]) == len(log_b["epochs"])
         assert log_b["best_val_loss"] == pytest.approx(log_a["best_val_loss"], rel=1e-4)
+        # the routine values' log-probability selects the kept epoch in both trainers alike
+        # (persona_000's val sessions are spontaneous: no routine value to score, so its last epoch is kept)
+        assert log_a["select_by"] == log_b["select_by"] == "val_knowledge"
+        knowledge_a, knowledge_b = ([e["val_knowledge"] for e in log["epochs"]] for log in (log_a, log_b))
+        if persona == "persona_000":
+            assert knowledge_a == knowledge_b == [None] * 3 and log_a["best_epoch"] == 3
+        else:
+            assert knowledge_b == pytest.approx(knowledge_a, rel=1e-4) and max(knowledge_a) < 0
         assert json.loads((together / "seed_0" / persona / "adapter_config.json").read_text())["r"] == 4
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from adaptcommand.model.adapters import seeded
 from adaptcommand.model.config import defaults
 from adaptcommand.model.prompting import chat_messages
-from adaptcommand.model.training import IGNORE, BestEpoch, dialog_example, supervised_sequence
+from adaptcommand.model.training import IGNORE, BestEpoch, ValScore, dialog_example, lr_factor, supervised_sequence
 
 MESSAGES = [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "Lights on at 50%."},
             {"role": "user", "text": "Thanks!"}, {"role": "assistant", "text": "You're welcome."}]
@@ -89,14 +89,58 @@ def _weights(folder):
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-@pytest.mark.parametrize("keep,best", [("best_val", 2), ("last", 4)])
-def test_kept_epoch_is_the_lowest_val_loss_or_the_last(keep, best):
-    tracker = BestEpoch(patience=5, n_train=3, n_val=1, keep=keep)
-    for epoch, val_loss in enumerate([0.9, 0.5, 0.7, 0.8], start=1):
-        assert not tracker.end_epoch(1.0, 1, val_loss, lambda epoch=epoch: {"weights": epoch})
+VAL = [ValScore(0.9, -3.0), ValScore(0.5, -2.5), ValScore(0.7, -1.0), ValScore(0.8, -1.2)]
+
+
+@pytest.mark.parametrize("select_by,best", [("val_loss", 2), ("val_knowledge", 3), ("last", 4)])
+def test_kept_epoch_follows_select_by(select_by, best):
+    tracker = BestEpoch(patience=5, n_train=3, n_val=1, select_by=select_by)
+    for epoch, val in enumerate(VAL, start=1):
+        assert not tracker.end_epoch(1.0, 1, val, lambda epoch=epoch: {"weights": epoch})
     log = tracker.finish()
     assert log["best_epoch"] == best and tracker.state == {"weights": best}
-    assert log["best_val_loss"] == [0.9, 0.5, 0.7, 0.8][best - 1]
+    assert (log["best_val_loss"], log["best_val_knowledge"]) == (VAL[best - 1].loss, VAL[best - 1].knowledge)
+    assert [e["val_knowledge"] for e in log["epochs"]] == [v.knowledge for v in VAL]
+
+
+def test_an_undefined_knowledge_score_keeps_the_last_epoch_and_patience_stops():
+    tracker = BestEpoch(patience=5, n_train=3, n_val=1, select_by="val_knowledge")
+    for epoch in (1, 2):
+        tracker.end_epoch(1.0, 1, ValScore(0.5, None), lambda epoch=epoch: epoch)
+    assert tracker.finish()["best_epoch"] == 2
+    tracker = BestEpoch(patience=1, n_train=3, n_val=1, select_by="val_knowledge")
+    stops = [tracker.end_epoch(1.0, 1, ValScore(0.5, k), lambda: None) for k in (-1.0, -2.0, -3.0)]
+    assert stops == [False, False, True]  # two epochs in a row without improvement: stop
+
+
+def test_every_kept_epoch_ends_a_decayed_schedule():
+    """Selected on validation: each epoch warms up and decays to 0; kept last: one schedule over all epochs."""
+    cfg = {"warmup_ratio": 0.1, "epochs": 3, "select_by": "val_knowledge"}
+    factor = lr_factor(cfg, steps_per_epoch=10)
+    per_epoch = [factor(step) for step in range(30)]
+    assert per_epoch[:10] == per_epoch[10:20] == per_epoch[20:]  # the same cycle every epoch
+    assert per_epoch[1] == 1.0 and per_epoch[9] == pytest.approx(1 / 9)  # warmup 1 step, then down to 0 at the end
+    whole = [lr_factor({**cfg, "select_by": "last"}, 10)(step) for step in range(30)]
+    assert whole[3] == 1.0 and whole[10] > 0.5 and whole[29] == pytest.approx(1 / 27)
+
+
+def test_value_positions_are_the_tokens_of_the_stated_values(tiny_model):
+    from adaptcommand.evaluation.action_metrics import ActionExtractor
+    from adaptcommand.evaluation.cloze import first_value_spans
+    from adaptcommand.evaluation.routine_knowledge import message_actions
+
+    _, tokenizer = tiny_model
+    dialog = {"meta": {"time_of_day": "evening"}, "applied_routines": [0],
+              "routines": [{"triggers": {"time_of_day": "evening"}, "actions": {"lights": {"brightness": 35, "color": "warm"}}}],
+              "messages": [{"role": "user", "text": "Set the lights to 35 please."},
+                           {"role": "assistant", "text": "Lights at 35, warm color?"},
+                           {"role": "user", "text": "Yes, warm."}, {"role": "assistant", "text": "Done."}]}
+    spans = first_value_spans(dialog, message_actions(dialog, ActionExtractor().extract_actions))
+    assert spans == [(0, 18, 20), (1, 14, 18)]  # "35" said first by the user, "warm" first by the assistant
+    example = dialog_example(tokenizer, dialog, {"system_template": "S", "include_character": False,
+                                                 "max_context_messages": 10, "retrieval": False}, 512, spans=spans)
+    stated = "".join(tokenizer.decode([example["input_ids"][i]]) for i in example["value_positions"])
+    assert stated.replace(" ", "") == "35warm"
 
 
 def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
@@ -131,7 +175,7 @@ def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
 
     from adaptcommand.model.adapters import lora_config, save_adapter
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import collate, dialog_example, train_adapter
+    from adaptcommand.model.training import ValScore, dialog_example, lr_factor, collate, dialog_example, train_adapter
 
     cfg = seeded(defaults(), 0)
     cfg["lora"].update(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
@@ -214,7 +258,7 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     from adaptcommand.model.adapters import lora_config
     from adaptcommand.model.generation import generate_texts
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import train_adapter, trainable_state
+    from adaptcommand.model.training import ValScore, dialog_example, lr_factor, train_adapter, trainable_state
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu", dtype="bfloat16")
@@ -241,7 +285,7 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
 
     from adaptcommand.model.adapters import lora_config, merge_unified, save_adapter
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import collate
+    from adaptcommand.model.training import ValScore, dialog_example, lr_factor, collate
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
@@ -271,7 +315,7 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
 def test_tokenized_examples_are_cached_between_runs(tiny_model_dir, demo_files):
     """A rerun (a new process) reuses the `datasets` cache instead of tokenizing again."""
     code = ("import json, sys; from adaptcommand.model.config import defaults; from adaptcommand.model.modeling import load_tokenizer; "
-            "from adaptcommand.model.training import tokenized_dialogs; "
+            "from adaptcommand.model.training import ValScore, dialog_example, lr_factor, tokenized_dialogs; "
             "p = dict(defaults()['prompt'], system_template=sys.argv[3]); "
             "ds = tokenized_dialogs(load_tokenizer(sys.argv[1]), sys.argv[2], p, 256); "
             "print(json.dumps([ds.cache_files[0]['filename'], len(ds), ds[0]['input_ids'][:3]]))")

@@ -121,6 +121,24 @@ def cloze_items(dialogs, indices_by_persona, actions_of):
     return items
 
 
+def first_value_spans(dialog, actions):
+    """[(message index, start, end)]: where each setting of the session's applied routine is first
+    stated with its routine value, by the user or the assistant, as a character span of that message
+    (what `training.select_by: val_knowledge` scores). actions: `message_actions` of the dialogue."""
+    prescribed = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
+    spans, said = [], set()
+    for k, message in enumerate(dialog["messages"]):
+        for device, params in actions[k].items():
+            for param, value in params.items():
+                if (device, param) in said:
+                    continue
+                said.add((device, param))
+                span = _value_span(message["text"], param, value)
+                if span is not None and prescribed and prescribed.get(device, {}).get(param) == value:
+                    spans.append((k, *span))
+    return spans
+
+
 def _item(persona, index, k, text, device, param, value, in_context):
     span = _value_span(text, param, value)
     if span is None:

@@ -86,7 +86,7 @@ SCHEMA = {
         "batch_size": (int, 4),
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
-        "keep_epoch": (str, "best_val"),       # "best_val": the epoch of lowest val loss; "last": the last one run
+        "select_by": (str, "val_loss"),        # the epoch kept: val_loss | val_knowledge | last (training.py)
         "seeds": (list, [0]),                  # one adapter per seed, each in <arm root>/seed_<s>/
         "loss_on": (str, "assistant"),         # "assistant" (the guide's) or "all": user turns supervised too
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
@@ -111,7 +111,7 @@ CHOICES = {
     ("model", "dtype"): ("auto", "float32", "bfloat16", "float16"),
     ("data", "split"): ("train", "val", "test"),
     ("training", "loss_on"): ("assistant", "all"),
-    ("training", "keep_epoch"): ("best_val", "last"),
+    ("training", "select_by"): ("val_loss", "val_knowledge", "last"),
     ("training", "scope"): tuple(SCOPE_ARM),
 }
 

@@ -25,10 +25,10 @@ from adaptcommand.model.training import (
     BestEpoch,
     collate,
     epoch_batches,
-    linear_schedule,
+    lr_factor,
     select_examples,
     supervised_losses,
-    val_losses,
+    val_scores,
 )
 
 
@@ -124,12 +124,6 @@ def clip_per_persona(params, max_norm):
         p.grad.mul_(coef.view((-1,) + (1,) * (p.dim() - 1)).to(p.grad.dtype))
 
 
-def schedule_factor(cfg, total_steps):
-    """The learning-rate factor per step of the one-by-one trainer's schedule (transformers' linear warmup/decay)."""
-    probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
-    return linear_schedule(probe, cfg, total_steps).lr_lambdas[0]
-
-
 def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=True):
     """Train every slot's adapter together; each slot ends at its own best epoch. Returns a log per slot."""
     k = len(train_sets)
@@ -137,9 +131,9 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     optimizer = StackedAdamW(params, k, cfg["weight_decay"])
     steps_per_epoch = [math.ceil(len(t) / cfg["batch_size"]) for t in train_sets]
-    schedules = [schedule_factor(cfg, s * cfg["epochs"]) for s in steps_per_epoch]
+    schedules = [lr_factor(cfg, s) for s in steps_per_epoch]  # each persona's, as trained alone
     rngs = [random.Random(cfg["seed"]) for _ in range(k)]
-    trackers = [BestEpoch(cfg["early_stopping_patience"], len(t), len(v), cfg["keep_epoch"]) for t, v in zip(train_sets, val_sets)]
+    trackers = [BestEpoch(cfg["early_stopping_patience"], len(t), len(v), cfg["select_by"]) for t, v in zip(train_sets, val_sets)]
     done, step_of = [False] * k, [0] * k
     route = lambda slots: set_index(layers, slots)  # noqa: E731
     bar = tqdm(total=max(steps_per_epoch) * cfg["epochs"], desc=f"{k} adapters", unit="step", leave=False,
@@ -179,11 +173,11 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
                 epoch_loss[slot] += float(per_slot[slot])
                 epoch_tokens[slot] += int(tokens[slot])
             bar.update(1)
-        losses = val_losses(model, val_sets, pad_id, route)
+        scores = val_scores(model, val_sets, pad_id, route)
         for slot in live:
             snapshot = lambda: [(layer.lora_A[slot].detach().clone(), layer.lora_B[slot].detach().clone())  # noqa: E731
                                 for layer in layers.values()]
-            done[slot] = trackers[slot].end_epoch(epoch_loss[slot], epoch_tokens[slot], losses[slot], snapshot)
+            done[slot] = trackers[slot].end_epoch(epoch_loss[slot], epoch_tokens[slot], scores[slot], snapshot)
     bar.close()
     model.eval()
     with torch.no_grad():

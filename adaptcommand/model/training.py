@@ -10,14 +10,32 @@ Examples are built for every dialogue of the cleaned file at once with `datasets
 code: the three training scopes and every rerun share one tokenization.
 
 The one-by-one trainer here (`AdapterTrainer`, PEFT) and the stacked K-persona trainer in
-adaptcommand/model/multi_lora.py share the loss (`supervised_losses`), the validation loss (`val_losses`),
-the batch plan (`epoch_batches`), the learning-rate schedule (transformers' linear warmup/decay)
-and early stopping with the best epoch's weights kept (`BestEpoch`).
+adaptcommand/model/multi_lora.py share the loss (`supervised_losses`), the validation scores
+(`val_scores`), the batch plan (`epoch_batches`), the learning-rate schedule (`lr_factor`) and the
+epoch selection with the kept epoch's weights (`BestEpoch`).
+
+Epoch selection (`training.select_by`):
+- `val_loss`: the epoch of lowest validation loss on the supervised tokens. It is dominated by the
+  reference's phrasing, and on the positive control it kept 15 steps and hid the planted effect.
+- `val_knowledge`: the epoch of highest mean log-probability of the *value tokens* of the user's
+  routine settings on the validation dialogues, teacher-forced: wherever a message (user or
+  assistant) first states a value of the session's applied routine, the tokens of that value
+  ("22", "warm"). It is what the study measures (routine F1, cloze) in its smoothest form: a mean
+  over every value token rather than a top-1 over ~20 items, and it comes from the same forward
+  pass as the validation loss. The spans are found by the evaluation layer
+  (cloze.first_value_spans) and handed to `tokenized_dialogs`.
+- `last`: the last epoch; the configured epoch count is the recipe.
+
+The schedule is that of the epochs actually trained. With `last`, one linear warmup/decay spans all
+epochs. With `val_loss` or `val_knowledge` the kept epoch may be any, so every epoch is its own
+warmup/decay cycle (warm restarts): whichever epoch is kept, its weights come from a learning rate
+that had decayed to 0, never from the middle of a longer schedule.
 """
 
 import math
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -75,41 +93,76 @@ def _message_header(tokenizer, messages, k):
 LOSS_ROLES = {"assistant": ("assistant",), "all": ("user", "assistant")}
 
 
-def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on="assistant"):
-    """The training example of one dialogue, dropping its earliest messages to fit max_seq_length."""
+def value_positions(tokenizer, chat, spans):
+    """Token indices of the character spans [(chat message index, start, end)] of the chat messages'
+    contents in their rendering (`_ids`): the tokens that overlap each span."""
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    starts, cursor = [], 0
+    for message in chat:  # each content appears verbatim, in order
+        at = text.find(message["content"], cursor)
+        starts.append(at)
+        cursor = at + len(message["content"]) if at >= 0 else cursor
+    positions = set()
+    for k, start, end in spans:
+        if starts[k] < 0:
+            continue
+        a, b = starts[k] + start, starts[k] + end
+        positions.update(i for i, (s, e) in enumerate(offsets) if s < b and e > a and e > s)
+    return sorted(positions)
+
+
+def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on="assistant", spans=()):
+    """The training example of one dialogue, dropping its earliest messages to fit max_seq_length.
+
+    spans: (message index, start, end) character spans of routine values in the dialogue's messages;
+    their token indices become `value_positions` (what `select_by: val_knowledge` scores).
+    """
     system = system_prompt(prompt_cfg, dialog.get("character"))
     messages = dialog["messages"]
     starts = [k for k, m in enumerate(messages) if m["role"] == "user" or k == 0]  # whole exchanges only
+
+    def example(first, cut=0):
+        chat = chat_messages(system, messages[first:])
+        ids, labels = supervised_sequence(tokenizer, chat, LOSS_ROLES[loss_on])
+        kept = [(k - first + 1, a, b) for k, a, b in spans if k >= first]  # chat index 0 is the system message
+        positions = value_positions(tokenizer, chat, kept) if kept else []
+        return {"input_ids": ids[cut:], "labels": labels[cut:], "value_positions": [i - cut for i in positions if i >= cut]}
+
     for first in starts:
-        rest = messages[first:]
-        if not any(m["role"] == "assistant" for m in rest):
+        if not any(m["role"] == "assistant" for m in messages[first:]):
             break
-        ids, labels = supervised_sequence(tokenizer, chat_messages(system, rest), LOSS_ROLES[loss_on])
-        if len(ids) <= max_seq_length:
-            return {"input_ids": ids, "labels": labels}
-    ids, labels = supervised_sequence(tokenizer, chat_messages(system, messages[-2:]), LOSS_ROLES[loss_on])
-    return {"input_ids": ids[-max_seq_length:], "labels": labels[-max_seq_length:]}
+        if len(_ids(tokenizer, chat_messages(system, messages[first:]))) <= max_seq_length:
+            return example(first)
+    first = max(0, len(messages) - 2)
+    return example(first, max(0, len(_ids(tokenizer, chat_messages(system, messages[first:]))) - max_seq_length))
 
 
-def _example_columns(dialog, tokenizer, prompt_cfg, max_seq_length, loss_on):
-    return dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on)
+def _example_columns(dialog, index, tokenizer, prompt_cfg, max_seq_length, loss_on, value_spans):
+    return dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on, value_spans.get(str(index), ()))
 
 
-def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length, loss_on="assistant"):
-    """Every dialogue of the cleaned file as a training example (row i = line i), cached by `datasets`."""
+def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length, loss_on="assistant", value_spans=None):
+    """Every dialogue of the cleaned file as a training example (row i = line i), cached by `datasets`.
+
+    value_spans: {dialogue index: [(message index, start, end)]}, the routine values whose tokens
+    `val_scores` scores (validation dialogues; the evaluation layer finds them).
+    """
     from datasets import load_dataset
 
     if prompt_cfg["retrieval"]:
         raise UserError("training with retrieved dialogues in the prompt is not supported: set prompt.retrieval "
                         "to false in the training config (the retrieval arm is a prompt-only arm)")
     dialogs = load_dataset("json", data_files=str(dialogs_path), split="train")
-    return dialogs.map(_example_columns, remove_columns=dialogs.column_names, desc="tokenizing dialogues",
+    spans = {str(i): [list(s) for s in v] for i, v in sorted((value_spans or {}).items())}
+    return dialogs.map(_example_columns, with_indices=True, remove_columns=dialogs.column_names,
+                       desc="tokenizing dialogues",
                        fn_kwargs={"tokenizer": tokenizer, "prompt_cfg": dict(prompt_cfg), "max_seq_length": max_seq_length,
-                                  "loss_on": loss_on})
+                                  "loss_on": loss_on, "value_spans": spans})
 
 
 def select_examples(examples, indices):
-    """The examples of some dialogues, as plain {input_ids, labels} dicts."""
+    """The examples of some dialogues, as plain {input_ids, labels, value_positions} dicts."""
     return examples.select(indices).to_list() if len(indices) else []
 
 
@@ -127,27 +180,40 @@ def collate(examples, pad_id):
     return input_ids, attention, labels
 
 
-def supervised_losses(model, input_ids, attention, labels):
-    """(loss sum, supervised token count) per example of a batch.
+def _position_losses(model, input_ids, attention, targets, keep):
+    """Cross-entropy of targets[keep] (targets: the next token of each position) and the row of each.
 
-    The vocabulary projection runs only at supervised positions: full logits for a batch of long
+    The vocabulary projection runs only at the kept positions: full logits for a batch of long
     dialogues are gigabytes (4 x 600 x 49k floats, plus their gradient) for the ~third of the
     tokens that carry a label.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
     token_loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(targets)[keep]
+    return token_loss, rows
+
+
+def supervised_losses(model, input_ids, attention, labels):
+    """(loss sum, supervised token count) per example of a batch."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    token_loss, rows = _position_losses(model, input_ids, attention, targets, keep)
     sums = torch.zeros(input_ids.shape[0], device=input_ids.device).index_add(0, rows, token_loss)
     return sums, keep.sum(dim=1)
 
 
+@dataclass(frozen=True)
+class ValScore:
+    """One adapter's validation figures after an epoch (None where its val set has nothing to score)."""
+    loss: float = None       # mean cross-entropy of the supervised tokens
+    knowledge: float = None  # mean log-probability of the routine values' tokens
+
+
 @torch.no_grad()
-def val_losses(model, example_sets, pad_id, route=None, batch_size=8):
-    """Mean assistant-token loss of each set of examples (None for an empty set).
+def val_scores(model, example_sets, pad_id, route=None, batch_size=8):
+    """A ValScore per set of examples, from one forward pass per batch.
 
     `route(slots)` is called before each batch with the set index of every row: the stacked
     trainer uses it to send each row through its own persona's adapter.
@@ -155,25 +221,34 @@ def val_losses(model, example_sets, pad_id, route=None, batch_size=8):
     was_training = model.training
     model.eval()
     items = [(slot, e) for slot, examples in enumerate(example_sets) for e in examples]
-    totals = torch.zeros(len(example_sets), dtype=torch.float64)
-    counts = torch.zeros(len(example_sets), dtype=torch.float64)
+    sums = torch.zeros((2, len(example_sets)), dtype=torch.float64)  # loss, value log-prob
+    counts = torch.zeros((2, len(example_sets)), dtype=torch.float64)
     device = next(model.parameters()).device
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        batch = [t.to(device) for t in collate([e for _, e in chunk], pad_id)]
+        input_ids, attention, labels = (t.to(device) for t in collate([e for _, e in chunk], pad_id))
         slots = torch.tensor([slot for slot, _ in chunk])
         if route is not None:
             route(slots.to(device))
-        sums, n = supervised_losses(model, *batch)
-        totals.index_add_(0, slots, sums.double().cpu())
-        counts.index_add_(0, slots, n.double().cpu())
+        targets = input_ids[:, 1:]
+        supervised = labels[:, 1:] != IGNORE
+        values = torch.zeros_like(supervised)
+        for row, (_, e) in enumerate(chunk):
+            values[row, [p - 1 for p in e.get("value_positions", []) if 0 < p < input_ids.shape[1]]] = True
+        token_loss, rows = _position_losses(model, input_ids, attention, targets, supervised | values)
+        row_slots = slots.to(device)[rows]
+        for kind, mask in enumerate((supervised, values)):
+            picked = mask[supervised | values]
+            sums[kind].index_add_(0, row_slots[picked].cpu(), token_loss[picked].double().cpu() * (1 if kind == 0 else -1))
+            counts[kind].index_add_(0, row_slots[picked].cpu(), torch.ones(int(picked.sum()), dtype=torch.float64))
     model.train(was_training)
-    return [float(t / c) if c else None for t, c in zip(totals, counts)]
+    mean = [[float(s / c) if c else None for s, c in zip(sums[kind], counts[kind])] for kind in (0, 1)]
+    return [ValScore(loss, knowledge) for loss, knowledge in zip(*mean)]
 
 
 def mean_loss(model, examples, pad_id):
-    """Assistant-token mean cross-entropy over examples: the val loss every trainer is judged by."""
-    return val_losses(model, [examples], pad_id)[0]
+    """Assistant-token mean cross-entropy over examples: the val loss every trainer reports."""
+    return val_scores(model, [examples], pad_id)[0].loss
 
 
 def epoch_batches(n_examples, batch_size, rng):
@@ -183,34 +258,42 @@ def epoch_batches(n_examples, batch_size, rng):
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def linear_schedule(optimizer, cfg, total_steps):
-    """transformers' linear warmup then linear decay to 0 over `total_steps`, warmup = warmup_ratio of them."""
+def lr_factor(cfg, steps_per_epoch):
+    """The learning-rate factor of each optimizer step: transformers' linear warmup (warmup_ratio) then
+    linear decay to 0, over each epoch when the kept epoch is selected on validation, else over all
+    epochs (module docstring)."""
     from transformers import get_linear_schedule_with_warmup
 
-    return get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
+    cycle = steps_per_epoch * (cfg["epochs"] if cfg["select_by"] == "last" else 1)
+    probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    base = get_linear_schedule_with_warmup(probe, int(cfg["warmup_ratio"] * cycle), cycle).lr_lambdas[0]
+    return lambda step: base(step % cycle)
 
 
 class BestEpoch:
-    """Early stopping on val loss for one adapter: the epoch log, the best epoch's weights, when to stop.
+    """Epoch selection for one adapter (training.select_by): the epoch log, the kept epoch's weights, when to stop.
 
-    Without val examples, or with keep="last", the last epoch is the best (val loss is still logged:
-    it measures the reference's phrasing, not whether the user's values were learned). Training
-    stops once `patience` epochs in a row fail to improve on the best.
+    Where the selection score is undefined (no val examples, no routine value in them), the last
+    epoch is kept. Training stops once `patience` epochs in a row fail to improve on the best.
     """
 
-    def __init__(self, patience, n_train, n_val, keep="best_val"):
-        self.patience, self.bad_epochs, self.start, self.keep = patience, 0, time.perf_counter(), keep
+    def __init__(self, patience, n_train, n_val, select_by="val_loss"):
+        self.patience, self.bad_epochs, self.start, self.select_by = patience, 0, time.perf_counter(), select_by
         self.best_score, self.best_epoch, self.state = math.inf, None, None
-        self.log = {"epochs": [], "train_examples": n_train, "val_examples": n_val,
+        self.log = {"epochs": [], "train_examples": n_train, "val_examples": n_val, "select_by": select_by,
                     "train_tokens": 0, "supervised_tokens": 0}
 
-    def end_epoch(self, train_loss_sum, supervised_tokens, val_loss, snapshot):
-        """Record an epoch; `snapshot()` returns the weights to keep if it is the best. True: stop now."""
+    def end_epoch(self, train_loss_sum, supervised_tokens, val, snapshot):
+        """Record an epoch (val: its ValScore); `snapshot()` returns the weights to keep if it is the best.
+        True: stop now."""
         epoch = len(self.log["epochs"]) + 1
         self.log["supervised_tokens"] += supervised_tokens
         self.log["epochs"].append({"epoch": epoch, "train_loss": train_loss_sum / max(supervised_tokens, 1),
-                                   "val_loss": val_loss, "seconds": time.perf_counter() - self.start})
-        score = val_loss if val_loss is not None and self.keep == "best_val" else -epoch
+                                   "val_loss": val.loss, "val_knowledge": val.knowledge,
+                                   "seconds": time.perf_counter() - self.start})
+        score = {"val_loss": val.loss, "val_knowledge": None if val.knowledge is None else -val.knowledge,
+                 "last": None}[self.select_by]
+        score = -epoch if score is None else score
         if score < self.best_score:
             self.best_score, self.best_epoch, self.state, self.bad_epochs = score, epoch, snapshot(), 0
             return False
@@ -220,7 +303,8 @@ class BestEpoch:
     def finish(self):
         """The training log, with the best epoch's figures."""
         best = self.log["epochs"][self.best_epoch - 1]
-        self.log.update(best_epoch=self.best_epoch, best_val_loss=best["val_loss"], final_train_loss=best["train_loss"],
+        self.log.update(best_epoch=self.best_epoch, best_val_loss=best["val_loss"],
+                        best_val_knowledge=best["val_knowledge"], final_train_loss=best["train_loss"],
                         seconds=time.perf_counter() - self.start)
         return self.log
 
@@ -237,7 +321,7 @@ def load_trainable_state(model, state):
 
 
 def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="training", progress=True):
-    """Train the model's trainable (LoRA) parameters; keep the best epoch by val loss.
+    """Train the model's trainable (LoRA) parameters; keep the epoch training.select_by selects.
 
     cfg: the config's `training` section. Returns the training log.
     """
@@ -245,9 +329,9 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     steps_per_epoch = math.ceil(len(train_examples) / cfg["batch_size"])
-    scheduler = linear_schedule(optimizer, cfg, steps_per_epoch * cfg["epochs"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     rng = random.Random(cfg["seed"])
-    tracker = BestEpoch(cfg["early_stopping_patience"], len(train_examples), len(val_examples), cfg["keep_epoch"])
+    tracker = BestEpoch(cfg["early_stopping_patience"], len(train_examples), len(val_examples), cfg["select_by"])
     bar = tqdm(total=steps_per_epoch * cfg["epochs"], desc=desc, unit="step", leave=False, disable=not progress)
     model.train()
     for _ in range(cfg["epochs"]):
@@ -265,7 +349,7 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
             tracker.log["train_tokens"] += int(attention.sum())
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum.item() / max(n, 1):.3f}")
-        if tracker.end_epoch(loss_total, tokens_total, mean_loss(model, val_examples, pad_id),
+        if tracker.end_epoch(loss_total, tokens_total, val_scores(model, [val_examples], pad_id)[0],
                              lambda: trainable_state(model)):
             break
     bar.close()
