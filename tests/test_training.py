@@ -175,7 +175,7 @@ def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
 
     from adaptcommand.model.adapters import lora_config, save_adapter
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import ValScore, dialog_example, lr_factor, collate, dialog_example, train_adapter
+    from adaptcommand.model.training import collate, dialog_example, train_adapter
 
     cfg = seeded(defaults(), 0)
     cfg["lora"].update(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
@@ -258,7 +258,7 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     from adaptcommand.model.adapters import lora_config
     from adaptcommand.model.generation import generate_texts
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import ValScore, dialog_example, lr_factor, train_adapter, trainable_state
+    from adaptcommand.model.training import dialog_example, train_adapter, trainable_state
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu", dtype="bfloat16")
@@ -285,7 +285,7 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
 
     from adaptcommand.model.adapters import lora_config, merge_unified, save_adapter
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import ValScore, dialog_example, lr_factor, collate
+    from adaptcommand.model.training import collate, dialog_example
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
