@@ -41,14 +41,19 @@ policy-table:
 	$(PY) scripts/eval_lora.py --config configs/demo/reply_policies.json --output_dir results/reply_policies
 
 # Control studies with a known answer (synthetic; design.md "Does the study find a planted effect?").
-# positive: the assistant volunteers routine values in 60% of open requests and wording cannot tell
-# users apart, so only per-user memory pays; negative: the same, but every user shares one set of
-# routines, so there is nothing private to learn. The unified adapter trains one epoch over all
-# personas' dialogues (already many steps); per-user-on-unified adapters the config's epochs.
+# positive: the assistant volunteers routine values in CONTROL_SHARE of open requests and wording cannot
+# tell users apart, so only per-user memory pays; negative: the same, but every user shares one set of
+# routines, so there is nothing private to learn. The data seed, size and signal strength are variables:
+# `make control-positive CONTROL_SEED=7` reruns the positive control on other data with the shipped recipe.
+# Each run has its own data, adapter and result folders (control_run below). The unified adapter trains
+# one epoch over all personas' dialogues (already many steps); per-user-on-unified adapters the config's epochs.
+CONTROL_SEED ?= 0
 CONTROL_PERSONAS ?= 12
 CONTROL_SESSIONS ?= 25
-CONTROL_DATA_positive := --proactive_share 0.6 --identity_cues none
-CONTROL_DATA_negative := --proactive_share 0.6 --identity_cues none --shared_preferences
+CONTROL_SHARE ?= 0.6
+CONTROL_DATA_positive = --proactive_share $(CONTROL_SHARE) --identity_cues none
+CONTROL_DATA_negative = --proactive_share $(CONTROL_SHARE) --identity_cues none --shared_preferences
+control_run = $(1)_seed$(CONTROL_SEED)_share$(CONTROL_SHARE)_$(CONTROL_PERSONAS)x$(CONTROL_SESSIONS)
 control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.jsonl \
 	--set data.splits=data/controls/$(1)/splits/edgesplits.json \
 	--set adapters.lora_all=models/controls/$(1)/lora_all \
@@ -57,22 +62,25 @@ control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.json
 controls: control-positive control-negative
 
 control-positive control-negative: control-%:
-	$(PY) scripts/make_demo_data.py --out_dir data/controls/$*/raw --personas $(CONTROL_PERSONAS) --sessions $(CONTROL_SESSIONS) --seed 0 $(CONTROL_DATA_$*) --report
-	$(PY) scripts/clean_data.py --raw_dir data/controls/$*/raw --output data/controls/$*/cleaned/dialogs_clean.jsonl
-	$(PY) scripts/create_splits.py --input data/controls/$*/cleaned/dialogs_clean.jsonl --output data/controls/$*/splits/edgesplits.json
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$*) --scope all --set training.epochs=1
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$*) --scope per_user_on_all
-	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$*) --output_dir results/controls/$*
+	$(PY) scripts/make_demo_data.py --out_dir data/controls/$(call control_run,$*)/raw --personas $(CONTROL_PERSONAS) \
+		--sessions $(CONTROL_SESSIONS) --seed $(CONTROL_SEED) $(CONTROL_DATA_$*) --report
+	$(PY) scripts/clean_data.py --raw_dir data/controls/$(call control_run,$*)/raw --output data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl
+	$(PY) scripts/create_splits.py --input data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl \
+		--output data/controls/$(call control_run,$*)/splits/edgesplits.json
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope all --set training.epochs=1
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope per_user_on_all
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \
+		--output_dir results/controls/$(call control_run,$*)
 
 # Diagnosis of the positive control (after control-positive): per-user-on-unified adapters trained
 # 4 epochs, keeping the last epoch instead of the lowest-val-loss one, evaluated beside the same
 # unified adapter.
-DIAGNOSIS_ADAPTERS := models/controls/positive/lora_per_user_on_all_4epochs_last
+DIAGNOSIS_ADAPTERS = models/controls/$(call control_run,positive)/lora_per_user_on_all_4epochs_last
 control-diagnosis:
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,positive) --scope per_user_on_all \
-		--set training.epochs=4 --set training.select_by=last --set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS)
-	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,positive) \
-		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/positive_4epochs_last
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,positive)) \
+		--scope per_user_on_all --set training.epochs=4 --set training.select_by=last --set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS)
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,positive)) \
+		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/$(call control_run,positive)_4epochs_last
 
 bench:
 	$(PY) benchmarks/bench_generation.py

@@ -59,7 +59,7 @@ def test_best_on_val_falls_back_to_the_best_arm_overall_without_val_evidence():
         keys = [f"lights.p{i}" for i in range(n)]
         return {"persona_id": persona, "dialog_index": 0, "turn_index": 1, **{k: 0.0 for k in TEXT_METRICS},
                 "action_counts": ActionMetrics.compare_actions({}, {}),
-                "knowledge": {"routine_open": keys, "routine_hits": keys[:hits], "routine_wrongs": []}}
+                "knowledge": {"routine_testable": keys, "routine_hits": keys[:hits], "routine_wrongs": []}}
     val = {"a": [record("p1", 2), record("p2", 0)], "b": [record("p1", 0), record("p2", 1)]}
     test = {arm: [record(p, 1) for p in ("p1", "p2", "p3")] for arm in ("a", "b")}
     choice, records = best_on_val(val, test, "routine_f1", ["a", "b"])

@@ -64,7 +64,21 @@ def test_an_assistant_statement_or_proposal_closes_a_setting():
     records = [{"dialog_index": 0, "turn_index": 3,
                 "knowledge": turn_knowledge(session_settings(said, actions), 3,
                                             extract(policy_reply("echo_assistant", said, 3, actions), said["messages"][:3]))}]
-    assert records[0]["knowledge"]["routine_open"] == [] and knowledge_metrics(records)["routine_settings"] == 0
+    assert records[0]["knowledge"]["routine_testable"] == [] and knowledge_metrics(records)["routine_settings"] == 0
+
+
+LATER = {**DIALOG, "messages": DIALOG["messages"][:4] + [{"role": "user", "text": "And turn on the AC."},
+                                                         {"role": "assistant", "text": "What temperature?"}]}
+
+
+def test_a_value_volunteered_before_its_device_comes_up_counts():
+    """Stating the user's AC setting while the session is still about the lights is memory too; the
+    setting counts because the AC comes up later, while its value is still unknown."""
+    settings = {s.key: s for s in session_settings(LATER, message_actions(LATER, extract))}
+    assert settings["ac.temperature"].open_turns == (1, 3, 5) and settings["ac.temperature"].testable_turns == (5,)
+    records = _records(list(settings.values()), {1: {"ac": {"temperature": 21}}, 5: {}})
+    assert records[0]["knowledge"]["routine_hits"] == ["ac.temperature"]
+    assert knowledge_metrics(records)["routine_recall"] == pytest.approx(1 / 3)  # AC hit; brightness, colour not
 
 
 def test_spontaneous_session_has_no_settings():
@@ -127,6 +141,11 @@ def test_only_settings_open_at_evaluated_turns_count():
     settings = session_settings(DIALOG, message_actions(DIALOG, extract))
     assert knowledge_metrics(_records(settings, {1: {}}))["routine_settings"] == 2
     assert knowledge_metrics(_records(settings, {3: {}}))["routine_settings"] == 1  # only the colour is open at 3
+    # a right guess for a setting that is not testable at any evaluated turn is not counted: with only
+    # turn 1 evaluated, the AC (testable at turn 5 alone) is out of the denominator and its hit too
+    later = session_settings(LATER, message_actions(LATER, extract))
+    m = knowledge_metrics(_records(later, {1: {"ac": {"temperature": 21}}}))
+    assert (m["routine_settings"], m["routine_recall"], m["routine_precision"]) == (2, 0.0, None)
 
 
 def test_described_settings_read_back_exactly():

@@ -6,12 +6,14 @@ data, never from the reply:
 
 - The settings of a routine-driven session are the (device, parameter, value) triples of its
   applied routine (`prescribed_settings`) on the devices the session talks about.
-- A setting is *open* at an assistant turn while its value is still unknown from the dialogue
-  and its device has come up: no message before the turn states any value for that device and
-  parameter (user or assistant, statement or question: "your usual 22 degrees?" closes it too),
-  and the device has been talked about in the history or the reference reply. A setting counts
-  (is testable) in a session when it is open at one or more of the session's evaluated turns.
-- Each setting is scored once, by the first value a reply states for it at an open turn: a hit
+- A setting is *open* at an assistant turn while its value is still unknown from the dialogue: no
+  message before the turn states any value for that device and parameter (user or assistant,
+  statement or question: "your usual 22 degrees?" closes it too). It is *testable* at an open turn
+  at which its device has come up (in the history or the reference reply), and it counts in a
+  session when it is testable at one or more of the session's evaluated turns.
+- Each counted setting is scored once, by the first value a reply states for it at an open turn
+  (also before its device comes up: volunteering the user's AC setting while talking about the
+  lights is memory too): a hit
   when that value is the routine's, a wrong otherwise; later statements are ignored. So varying
   guesses earn nothing over a consistent one (stating A then B scores exactly as A twice), and
   repeating what the dialogue already said earns nothing at all.
@@ -46,7 +48,8 @@ class Setting:
     device: str
     param: str
     value: object
-    open_turns: tuple  # assistant message indices at which the setting is open
+    open_turns: tuple      # assistant message indices at which the value is unknown from the dialogue
+    testable_turns: tuple  # those of them at which the setting's device has come up
 
     @property
     def key(self):
@@ -60,7 +63,7 @@ def message_actions(dialog, extract):
 
 
 def session_settings(dialog, actions):
-    """The Settings of a dialogue with at least one open turn (actions: `message_actions`); [] for a
+    """The Settings of a dialogue with at least one testable turn (actions: `message_actions`); [] for a
     spontaneous one."""
     prescribed = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
     if not prescribed:
@@ -73,19 +76,18 @@ def session_settings(dialog, actions):
             continue  # the session never talks about this device
         for param, value in params.items():
             stated = next((k for k, a in enumerate(actions) if param in a.get(device, {})), len(messages))
-            open_turns = tuple(k for k, m in enumerate(messages)
-                               if m["role"] == "assistant" and first_mention <= k <= stated)
-            if open_turns:
-                settings.append(Setting(device, param, value, open_turns))
+            open_turns = tuple(k for k, m in enumerate(messages) if m["role"] == "assistant" and k <= stated)
+            testable = tuple(k for k in open_turns if k >= first_mention)
+            if testable:
+                settings.append(Setting(device, param, value, open_turns, testable))
     return settings
 
 
 def turn_knowledge(settings, turn_index, predicted):
-    """{routine_open, routine_hits, routine_wrongs}: the setting keys open at this turn, and those of
-    them the predicted reply states rightly / wrongly."""
-    open_now = [s for s in settings if turn_index in s.open_turns]
-    stated = [s for s in open_now if s.param in predicted.get(s.device, {})]
-    return {"routine_open": [s.key for s in open_now],
+    """{routine_testable, routine_hits, routine_wrongs}: the setting keys testable at this turn, and
+    those open at it that the predicted reply states rightly / wrongly."""
+    stated = [s for s in settings if turn_index in s.open_turns and s.param in predicted.get(s.device, {})]
+    return {"routine_testable": [s.key for s in settings if turn_index in s.testable_turns],
             "routine_hits": [s.key for s in stated if predicted[s.device][s.param] == s.value],
             "routine_wrongs": [s.key for s in stated if predicted[s.device][s.param] != s.value]}
 
@@ -93,9 +95,9 @@ def turn_knowledge(settings, turn_index, predicted):
 def knowledge_counts(records):
     """(settings, hits, wrongs) of some turn records, pooled over their sessions.
 
-    A session is a dialogue under one training seed. Its settings are those open at one or more
-    of its evaluated turns; each is a hit or a wrong by the first reply, in turn order, that
-    states a value for it, and later replies do not change that.
+    A session is a dialogue under one training seed. Its settings are those testable at one or
+    more of its evaluated turns; each is a hit or a wrong by the first reply, in turn order, that
+    states a value for it at an open turn, and later replies do not change that.
     """
     sessions = defaultdict(list)
     for r in records:
@@ -103,15 +105,16 @@ def knowledge_counts(records):
             sessions[(r.get("seed"), r["dialog_index"])].append(r)
     n = hits = wrongs = 0
     for session in sessions.values():
-        outcome = {}
-        for r in sorted(session, key=lambda r: r["turn_index"]):
+        session.sort(key=lambda r: r["turn_index"])
+        outcome = {key: None for r in session for key in r["knowledge"]["routine_testable"]}
+        for r in session:
             k = r["knowledge"]
-            for key in k["routine_open"]:
-                outcome.setdefault(key, None)
             for key in k["routine_hits"]:
-                outcome[key] = outcome[key] or "hit"
+                if key in outcome:
+                    outcome[key] = outcome[key] or "hit"
             for key in k["routine_wrongs"]:
-                outcome[key] = outcome[key] or "wrong"
+                if key in outcome:
+                    outcome[key] = outcome[key] or "wrong"
         n += len(outcome)
         hits += sum(v == "hit" for v in outcome.values())
         wrongs += sum(v == "wrong" for v in outcome.values())
