@@ -3,6 +3,7 @@
 import itertools
 import random
 import tempfile
+from collections import Counter
 
 import pytest
 from conftest import BagOfWordsEmbedder, write_raw
@@ -11,7 +12,7 @@ from adaptcommand.data.cleaning import clean
 from adaptcommand.data.demo_data import WordingOptions, generate
 from adaptcommand.data.schema import DEVICES
 from adaptcommand.data.splits import make_splits
-from adaptcommand.evaluation.action_metrics import ActionExtractor
+from adaptcommand.evaluation.action_metrics import ActionExtractor, prescribed_settings
 from adaptcommand.evaluation.evaluation import TurnScorer, aggregate_per_persona, collect_turns
 from adaptcommand.evaluation.routine_knowledge import (
     EVERYONE,
@@ -200,6 +201,15 @@ def rotate_everywhere(dialog, turn_index, actions, usual):
                               for d, ps in usual[EVERYONE].items()})
 
 
+def confident_usual(dialog, turn_index, actions, usual):
+    """An abstainer: the population's most common value only for parameters where it holds in at least a
+    quarter of all train routine sessions (F1 pays for not guessing where guesses are poor)."""
+    ranked = usual[EVERYONE]
+    talked = {d for a in actions[: turn_index + 1] for d in a}
+    return describe_settings({d: {p: values[0] for p, values in ps.items() if usual["shares"][(d, p)] >= 0.25}
+                              for d, ps in ranked.items() if d in talked})
+
+
 def echo_history(dialog, turn_index, actions, usual):
     """The last four messages, user and assistant, repeated."""
     return " ".join(m["text"] for m in dialog["messages"][max(0, turn_index - 4):turn_index]) or "Okay."
@@ -207,7 +217,18 @@ def echo_history(dialog, turn_index, actions, usual):
 
 MEMORY_FREE = {"silent": None, "echo": None, "echo_assistant": None, "rotate_usual": None,
                "random_guesses": random_guesses(0), "everything_usual_everywhere": everything_usual_everywhere,
-               "rotate_everywhere": rotate_everywhere, "echo_history": echo_history}
+               "rotate_everywhere": rotate_everywhere, "echo_history": echo_history, "confident_usual": confident_usual}
+
+
+def top_value_shares(dialogs, indices):
+    """{(device, param): the share of train routine sessions whose routine sets the population's most common value}."""
+    counts = {}
+    for i in indices:
+        d = dialogs[i]
+        for device, params in (prescribed_settings(d.get("meta"), d.get("routines") or [], d.get("applied_routines")) or {}).items():
+            for param, value in params.items():
+                counts.setdefault((device, param), Counter())[value] += 1
+    return {key: c.most_common(1)[0][1] / sum(c.values()) for key, c in counts.items()}
 
 
 def score_policies(dialogs, policies):
@@ -216,6 +237,7 @@ def score_policies(dialogs, policies):
     turns = collect_turns(dialogs, {p: s["test"] for p, s in splits.items()})
     scorer = TurnScorer(BagOfWordsEmbedder())
     usual = usual_settings(dialogs, {p: s["train"] for p, s in splits.items()})
+    usual["shares"] = top_value_shares(dialogs, [i for s in splits.values() for i in s["train"]])
     out = {}
     for arm, custom in policies.items():
         reply = custom or (lambda d, t, a, u, arm=arm: policy_reply(arm, d, t, a, u))
