@@ -51,13 +51,16 @@ CONTROL_SEED ?= 0
 CONTROL_PERSONAS ?= 12
 CONTROL_SESSIONS ?= 25
 CONTROL_SHARE ?= 0.6
+# development runs: extra --set flags for the per-user-on-unified training, and a name for their folders
+CONTROL_RECIPE ?=
+CONTROL_RECIPE_NAME ?= shipped
 CONTROL_DATA_positive = --proactive_share $(CONTROL_SHARE) --identity_cues none
 CONTROL_DATA_negative = --proactive_share $(CONTROL_SHARE) --identity_cues none --shared_preferences
 control_run = $(1)_seed$(CONTROL_SEED)_share$(CONTROL_SHARE)_$(CONTROL_PERSONAS)x$(CONTROL_SESSIONS)
 control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.jsonl \
 	--set data.splits=data/controls/$(1)/splits/edgesplits.json \
 	--set adapters.lora_all=models/controls/$(1)/lora_all \
-	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all
+	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all_$(CONTROL_RECIPE_NAME)
 
 controls: control-positive control-negative
 
@@ -68,9 +71,10 @@ control-positive control-negative: control-%:
 	$(PY) scripts/create_splits.py --input data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl \
 		--output data/controls/$(call control_run,$*)/splits/edgesplits.json
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope all --set training.epochs=1
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope per_user_on_all
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) \
+		--scope per_user_on_all $(CONTROL_RECIPE)
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \
-		--output_dir results/controls/$(call control_run,$*)
+		--output_dir results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME)
 
 # Diagnosis of the positive control (after control-positive): per-user-on-unified adapters trained
 # 4 epochs, keeping the last epoch instead of the lowest-val-loss one, evaluated beside the same
