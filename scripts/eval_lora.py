@@ -35,7 +35,7 @@ from adaptcommand.evaluation.cloze import cloze_items, habit_values, score_items
 from adaptcommand.evaluation.evaluation import TurnScorer, collect_turns, make_retriever
 from adaptcommand.evaluation.plots import arm_comparison, delta_histograms, per_user_vs_unified
 from adaptcommand.evaluation.predictions import PredictionStore
-from adaptcommand.evaluation.routine_knowledge import policy_reply, usual_settings
+from adaptcommand.evaluation.routine_knowledge import HABIT_POLICIES, policy_reply, usual_settings
 from adaptcommand.evaluation.tables import (
     arm_table,
     comparisons,
@@ -73,7 +73,7 @@ def evaluate_split(ev, split, arms, personas, max_examples):
     records = {}
     policies = [a for a in arms if a in POLICY_ARMS]
     usual = (usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
-             if {"user_usual", "everyone_usual", "rotate_usual"} & set(policies) else None)
+             if set(HABIT_POLICIES) & set(policies) else None)
     for arm in policies:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
                                 ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0], usual) for t in turns]

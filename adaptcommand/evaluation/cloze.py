@@ -126,6 +126,8 @@ def first_value_spans(dialog, actions):
     stated with its routine value, by the user or the assistant, as a character span of that message
     (what `training.select_by: val_knowledge` scores). actions: `message_actions` of the dialogue."""
     prescribed = prescribed_settings(dialog.get("meta"), dialog.get("routines") or [], dialog.get("applied_routines"))
+    if not prescribed:
+        return []
     spans, said = [], set()
     for k, message in enumerate(dialog["messages"]):
         for device, params in actions[k].items():
@@ -133,8 +135,10 @@ def first_value_spans(dialog, actions):
                 if (device, param) in said:
                     continue
                 said.add((device, param))
+                if prescribed.get(device, {}).get(param) != value:
+                    continue  # first stated with another value: not the routine's
                 span = _value_span(message["text"], param, value)
-                if span is not None and prescribed and prescribed.get(device, {}).get(param) == value:
+                if span is not None:
                     spans.append((k, *span))
     return spans
 

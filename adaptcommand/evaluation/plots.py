@@ -1,5 +1,7 @@
 """PNG plots of an evaluation: per-persona deltas, arm comparison, per-user vs unified."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -51,7 +53,7 @@ def arm_comparison(seeds, metrics, path, n_boot=2000):
         means, errors = [], [[], []]
         for arm in arms:
             mean, low, high = intervals[(arm, metric)]
-            defined = mean == mean  # not NaN
+            defined = not math.isnan(mean)
             means.append(mean if defined else 0.0)
             errors[0].append(mean - low if defined else 0.0)
             errors[1].append(high - mean if defined else 0.0)

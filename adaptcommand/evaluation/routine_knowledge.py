@@ -160,6 +160,7 @@ def describe_settings(settings):
 
 
 EVERYONE = "*"
+HABIT_POLICIES = ("user_usual", "everyone_usual", "rotate_usual")  # the policies that read `usual_settings`
 ROTATED = 3  # rotate_usual cycles through the population's this many most common values
 
 
