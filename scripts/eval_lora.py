@@ -16,7 +16,8 @@ unified adapter merged in. An arm with adapters missing for some personas is eva
 others and the missing personas are reported. Several processes (`accelerate launch` /
 `torchrun`) split the personas; the main process gathers the records and writes the outputs.
 
-Writes arm_metrics.json, per_persona.csv, comparison.csv, comparison.md and PNG plots.
+Writes arm_metrics.json, per_persona.csv, comparison.csv, comparison.md, training_costs.csv and PNG plots,
+and prints a time breakdown of the study (training from the adapters' train logs, then each evaluation stage).
 """
 
 import argparse
@@ -32,6 +33,7 @@ from adaptcommand.data.data_io import load_dialogs, read_json, run_cli, write_cs
 from adaptcommand.data.splits import choose_personas, load_splits, split_indices
 from adaptcommand.evaluation.arms import best_on_val, find_adapters, generate_rows, generation_rows, load_model_groups
 from adaptcommand.evaluation.cloze import cloze_items, habit_values, score_items
+from adaptcommand.evaluation.costs import time_breakdown, training_costs
 from adaptcommand.evaluation.evaluation import TurnScorer, collect_turns, make_retriever
 from adaptcommand.evaluation.plots import arm_comparison, delta_histograms, per_user_vs_unified
 from adaptcommand.evaluation.predictions import PredictionStore
@@ -48,7 +50,7 @@ from adaptcommand.evaluation.tables import (
 )
 from adaptcommand.model.adapters import arm_folder
 from adaptcommand.model.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
-from adaptcommand.model.modeling import distributed_state, gather_rows, load_embedder
+from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_embedder, pick_device
 
 REFERENCE_ARMS = ("baseline", "lora_all", "retrieval")
 SECONDARY_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
@@ -174,11 +176,23 @@ def main():
     ev = Evaluation(cfg, dialogs, splits, groups, TurnScorer(embedder), retriever, store)
 
     # ---- evaluate
+    stages = {"load data and models": time.perf_counter() - t0}
+    clock = time.perf_counter()
+
+    def stage_done(name):
+        nonlocal clock
+        stages[name], clock = time.perf_counter() - clock, time.perf_counter()
+
     model_arms = [a for a in arms if a not in POLICY_ARMS]  # best_on_val never picks a reference reply
     test = evaluate_split(ev, "test", arms, mine, max_examples)
+    stage_done("replies and scores, test")
     val = (evaluate_split(ev, "val", model_arms, mine, max_examples)
            if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else {})
+    if val:
+        stage_done("replies and scores, val (best_on_val)")
     cloze = evaluate_cloze(ev, mine) if cfg["evaluation"]["cloze"] else []
+    if cloze:
+        stage_done("cloze")
     print(store.summary())
     gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
                                    for arm, rs in recs.items() for r in rs] + [("cloze", r.arm, r) for r in cloze]
@@ -209,6 +223,8 @@ def main():
         compared = pd.concat([compared, comparisons(seeds, ["user_usual", "everyone_usual"], ["everyone_usual"], metric, (),
                                                     cfg["arms"]["n_bootstrap"], cfg["arms"]["min_personas"])])
     markdown = markdown_tables(table, compared, metric)
+    costs = training_costs(availability)
+    stage_done("statistics")
 
     # ---- write
     out = Path(args.output_dir)
@@ -221,10 +237,13 @@ def main():
         "unusable_adapters": unusable,
         "seeds": {arm: found.seeds() for arm, found in availability.items()},
         "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>", "<seed>")) for arm in availability},
-        "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0})
+        "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0,
+        "stage_seconds": stages, "device": device_name(cfg["model"]["device"] if cfg["model"]["device"] != "auto"
+                                                       else pick_device())})
     write_csv(out / "per_persona.csv", csv_rows(with_deltas(frame, REFERENCE_ARMS, [metric, *SECONDARY_METRICS])))
     write_csv(out / "per_persona_seed.csv", csv_rows(seeds))
     write_csv(out / "comparison.csv", csv_rows(compared))
+    write_csv(out / "training_costs.csv", csv_rows(costs))
     write_csv(out / "arm_metrics_pooled.csv", csv_rows(pooled_table(test).reset_index()))
     if val:
         write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))
@@ -239,6 +258,9 @@ def main():
           f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, per_persona_seed.csv, "
           f"comparison.csv, comparison.md, arm_metrics_pooled.csv")
     print("plots: " + ", ".join(str(p) for p in plots))
+    stage_done("outputs and plots")
+    print("\ntime breakdown (training from the adapters' train logs; the model's forward+backward rate is the floor):")
+    print(time_breakdown(costs, stages))
     empty = [arm for arm in cfg["arms"]["names"] if arm in ADAPTER_ARMS and arm not in test]
     if empty:
         print(f"error: no usable adapter at all for {', '.join(empty)} (see the warnings above)", file=sys.stderr)

@@ -38,12 +38,12 @@ from adaptcommand.evaluation.cloze import first_value_spans
 from adaptcommand.evaluation.routine_knowledge import message_actions
 from adaptcommand.model.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
 from adaptcommand.model.config import SCOPE_ARM, add_config_arguments, load_config
-from adaptcommand.model.modeling import distributed_state, gather_rows, load_model_and_tokenizer
+from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_in_groups
-from adaptcommand.model.training import AdapterTrainer, tokenized_dialogs
+from adaptcommand.model.training import AdapterTrainer, forward_backward_rate, select_examples, tokenized_dialogs
 
 SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "val_knowledge", "best_epoch", "epochs_run",
-                  "train_tokens", "seconds", "error")
+                  "optimizer_steps", "train_tokens", "seconds", "error")
 
 
 def summary_row(job, status, log=None, error=""):
@@ -51,7 +51,8 @@ def summary_row(job, status, log=None, error=""):
     return {"persona_id": job.name, "seed": job.seed, "status": status, "train_loss": log.get("final_train_loss"),
             "val_loss": log.get("best_val_loss"), "val_knowledge": log.get("best_val_knowledge"),
             "best_epoch": log.get("best_epoch"),
-            "epochs_run": len(log.get("epochs", [])), "train_tokens": log.get("train_tokens"),
+            "epochs_run": len(log.get("epochs", [])), "optimizer_steps": log.get("optimizer_steps"),
+            "train_tokens": log.get("train_tokens"),
             "seconds": log.get("seconds"), "error": error}
 
 
@@ -107,7 +108,8 @@ def main():
                    f"(by {log['select_by']}), train loss {log['final_train_loss']:.3f}, val loss "
                    f"{log['best_val_loss'] or float('nan'):.3f}, val knowledge "
                    f"{float('nan') if knowledge is None else knowledge:.3f}, "
-                   f"{log['train_tokens']} tokens, {log['seconds']:.0f} s"
+                   f"{log['train_tokens']} tokens, {log['seconds']:.0f} s "
+                   f"({log['train_tokens'] / log['seconds']:.0f} tokens/s, floor {log['floor_tokens_per_second']:.0f})"
                    + (f" ({log['parallel_personas']} trained together)" if "parallel_personas" in log else "")
                    + f" -> {job.folder}")
         rows.append(summary_row(job, "trained", log))
@@ -118,8 +120,12 @@ def main():
         spans = val_value_spans(dialogs, splits) if cfg["training"]["select_by"] == "val_knowledge" else None
         examples = tokenized_dialogs(tokenizer, cfg["data"]["dialogs"], cfg["prompt"], cfg["training"]["max_seq_length"],
                                      cfg["training"]["loss_on"], spans)
+        floor = forward_backward_rate(model, select_examples(examples, todo[0].train[:1]), tokenizer.pad_token_id)
+        print(f"{device_name(model.device)}: the model's forward+backward runs at {floor:.0f} tokens/s "
+              f"(the floor under training's rate)")
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
-                 "prompt": cfg["prompt"], "lora": cfg["lora"], "training": cfg["training"]}
+                 "prompt": cfg["prompt"], "lora": cfg["lora"], "training": cfg["training"],
+                 "device": device_name(model.device), "floor_tokens_per_second": floor}
         trainer = None
         for seed in dict.fromkeys(job.seed for job in todo):
             seed_jobs = [job for job in todo if job.seed == seed]

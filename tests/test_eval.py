@@ -79,7 +79,8 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     torch.manual_seed(0)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
                                 adapter_name="x")
-    save_adapter(peft_model, "x", models / "lora_all" / "seed_0", {"note": "random"})
+    cost = {"seconds": 10.0, "train_tokens": 500, "optimizer_steps": 5, "floor_tokens_per_second": 100.0, "device": "cpu x"}
+    save_adapter(peft_model, "x", models / "lora_all" / "seed_0", {"note": "random", **cost})
     for persona in ("persona_000", "persona_001"):  # persona_002 has no per-user adapter
         save_adapter(peft_model, "x", models / "per_user" / "seed_0" / persona, {"note": "random"})
         save_adapter(peft_model, "x", models / "on_all" / "seed_0" / persona, {"note": "random"})
@@ -147,6 +148,14 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     assert any(row[-1] == "too few personas" for row in cells)
     for png in ("delta_histograms.png", "arm_comparison.png", "per_user_vs_unified.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # what each arm cost to train, from the train logs, and the time breakdown of the run
+    costs = {(r["arm"], r["seed"]): r for r in csv.DictReader((out / "training_costs.csv").open())}
+    unified = costs[("lora_all", "0")]
+    assert (unified["adapters"], float(unified["tokens_per_second"]), unified["device"]) == ("1", 50.0, "cpu x")
+    assert float(unified["adapter_mb"]) > 0 and costs[("lora_per_user", "0")]["adapters"] == "2"
+    assert costs[("lora_per_user", "0")]["device"] == "unrecorded" and ("lora_per_user", "1") in costs
+    assert "| training lora_all seed 0 (1 adapter) | 10 | 500 | 50 | 100 |" in result.stdout
+    assert set(summary["stage_seconds"]) >= {"load data and models", "replies and scores, test", "cloze", "statistics"}
 
 
 def test_reference_policies_need_no_chat_model(demo_files, tmp_path):

@@ -152,6 +152,8 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
     first = {p: _weights(out / p) for p in ("persona_000", "persona_001")}
     log = json.loads((out / "persona_000" / "train_log.json").read_text())
     assert log["best_epoch"] in (1, 2) and len(log["epochs"]) == 2 and log["train_tokens"] > 0
+    assert log["optimizer_steps"] == 2 * -(-log["train_examples"] // 2)  # 2 epochs of batches of 2
+    assert log["floor_tokens_per_second"] > 0 and log["device"].endswith("threads)")
     adapter_cfg = json.loads((out / "persona_000" / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"].endswith(tmp_path.parent.name) is False
     rows = list(csv.DictReader((root / "training_summary.csv").open()))
@@ -258,7 +260,7 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     from adaptcommand.model.adapters import lora_config
     from adaptcommand.model.generation import generate_texts
     from adaptcommand.model.modeling import load_model_and_tokenizer
-    from adaptcommand.model.training import dialog_example, train_adapter, trainable_state
+    from adaptcommand.model.training import dialog_example, forward_backward_rate, train_adapter, trainable_state
 
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu", dtype="bfloat16")
@@ -273,6 +275,9 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     assert peft_model.get_base_model().model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert any(not torch.equal(before[k], after[k]) for k in after)
     assert 0 < log["final_train_loss"] < 20 and 0 < log["best_val_loss"] < 20
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert forward_backward_rate(peft_model, examples, tokenizer.pad_token_id) > 0
+    assert [name for name, p in peft_model.named_parameters() if p.requires_grad] == trainable  # flags restored
     prompts = ["<|im_start|>user\nLights to 40%.<|im_end|>\n<|im_start|>assistant\n"] * 2
     replies = generate_texts(peft_model, tokenizer, prompts, {**cfg["generation"], "max_new_tokens": 4},
                              batch_size=2, progress=False)

