@@ -45,13 +45,17 @@ policy-table:
 # tell users apart, so only per-user memory pays; negative: the same, but every user shares one set of
 # routines, so there is nothing private to learn. The data seed, size and signal strength are variables:
 # `make control-positive CONTROL_SEED=7` reruns the positive control on other data with the shipped recipe.
-# Each run has its own data, adapter and result folders (control_run below). The unified adapter trains
-# one epoch over all personas' dialogues (already many steps); per-user-on-unified adapters the config's epochs.
+# Each run has its own data, adapter and result folders (control_run below). Both the unified and the
+# per-user-on-unified adapters train with configs/controls/lora_training.json (the shipped recipe).
 CONTROL_SEED ?= 0
 CONTROL_PERSONAS ?= 12
 CONTROL_SESSIONS ?= 25
 CONTROL_SHARE ?= 0.6
-# development runs: extra --set flags for the per-user-on-unified training, and a name for their folders
+# development runs: extra --set flags for the unified and for the per-user-on-unified training, and a
+# name for their folders (the per-user folders and the results carry CONTROL_RECIPE_NAME, which should
+# therefore name the unified recipe too)
+CONTROL_UNIFIED ?=
+CONTROL_UNIFIED_NAME ?= shipped
 CONTROL_RECIPE ?=
 CONTROL_RECIPE_NAME ?= shipped
 CONTROL_DATA_positive = --proactive_share $(CONTROL_SHARE) --identity_cues none
@@ -59,7 +63,7 @@ CONTROL_DATA_negative = --proactive_share $(CONTROL_SHARE) --identity_cues none 
 control_run = $(1)_seed$(CONTROL_SEED)_share$(CONTROL_SHARE)_$(CONTROL_PERSONAS)x$(CONTROL_SESSIONS)
 control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.jsonl \
 	--set data.splits=data/controls/$(1)/splits/edgesplits.json \
-	--set adapters.lora_all=models/controls/$(1)/lora_all \
+	--set adapters.lora_all=models/controls/$(1)/lora_all_$(CONTROL_UNIFIED_NAME) \
 	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all_$(CONTROL_RECIPE_NAME)
 
 controls: control-positive control-negative
@@ -70,7 +74,7 @@ control-positive control-negative: control-%:
 	$(PY) scripts/clean_data.py --raw_dir data/controls/$(call control_run,$*)/raw --output data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl
 	$(PY) scripts/create_splits.py --input data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl \
 		--output data/controls/$(call control_run,$*)/splits/edgesplits.json
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope all --set training.epochs=1
+	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope all $(CONTROL_UNIFIED)
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) \
 		--scope per_user_on_all $(CONTROL_RECIPE)
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \

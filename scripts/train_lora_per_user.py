@@ -80,7 +80,7 @@ def main():
     dialogs = load_dialogs(cfg["data"]["dialogs"])
     splits = load_splits(cfg["data"]["splits"], dialogs)
     personas = choose_personas(splits, args.personas, args.max_personas)
-    jobs = jobs_for(arm, splits, personas, output_dir, cfg["training"]["seeds"])
+    jobs = jobs_for(arm, splits, personas, output_dir, cfg["training"]["seeds"], cfg["training"]["max_train_sessions"])
     state = distributed_state()
     if state is not None:
         if arm == "lora_all":  # one adapter: the main process trains it

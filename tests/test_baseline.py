@@ -38,6 +38,8 @@ def test_config_defaults_and_overrides(tmp_path):
     ({"prompt": {"retrieved_history": True}}, "prompt.retrieved_history must be integer"),
     ({"prompt": {"retrieved_history": 0}}, "prompt.retrieved_history must be >= 1, got 0"),
     ({"training": {"learning_rate": 0}}, "training.learning_rate must be > 0, got 0"),
+    ({"training": {"max_train_sessions": 0}}, "training.max_train_sessions must be >= 1, got 0"),
+    ({"training": {"max_train_sessions": 2.5}}, "training.max_train_sessions must be integer"),
     ({"lora": {"target_modules": []}}, "lora.target_modules must be a non-empty list"),
     ({"arms": {"primary_metric": "routin_f1"}}, "arms.primary_metric is not a metric; known: routine_f1"),
     ({"arms": {"names": ["baseline", "lora_everyone"]}}, "arms.names has unknown arm"),

@@ -124,6 +124,17 @@ def test_every_kept_epoch_ends_a_decayed_schedule():
     assert whole[3] == 1.0 and whole[10] > 0.5 and whole[29] == pytest.approx(1 / 27)
 
 
+def test_max_train_sessions_keeps_each_personas_first_sessions_in_recorded_order(tmp_path):
+    from adaptcommand.model.adapters import jobs_for
+
+    splits = {"a": {"train": [7, 2, 5, 9], "val": [11]}, "b": {"train": [3, 1], "val": [12, 13]}}
+    per_user = jobs_for("lora_per_user", splits, ["a", "b"], tmp_path, [0], max_sessions=3)
+    assert [(j.name, j.train, j.val) for j in per_user] == [("a", [2, 5, 7], [11]), ("b", [1, 3], [12, 13])]
+    (unified,) = jobs_for("lora_all", splits, ["a", "b"], tmp_path, [0], max_sessions=1)
+    assert (unified.train, unified.val) == ([2, 1], [11, 12, 13])
+    assert jobs_for("lora_per_user", splits, ["a"], tmp_path, [0])[0].train == [2, 5, 7, 9]
+
+
 def test_value_positions_are_the_tokens_of_the_stated_values(tiny_model):
     from adaptcommand.evaluation.action_metrics import ActionExtractor
     from adaptcommand.evaluation.cloze import first_value_spans

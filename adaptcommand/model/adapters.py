@@ -62,17 +62,26 @@ def seeded(cfg, seed):
     return out
 
 
-def jobs_for(scope_arm, splits, personas, root, seeds):
-    """The AdapterJobs of a training scope, per seed: one unified job over all personas, or one per persona."""
+def first_sessions(train, max_sessions=None):
+    """A persona's train dialogues in recorded order (their order in the dialogue file), the first
+    `max_sessions` of them if set: training.max_train_sessions, the learning curve's dial."""
+    return sorted(train)[:max_sessions]
+
+
+def jobs_for(scope_arm, splits, personas, root, seeds, max_sessions=None):
+    """The AdapterJobs of a training scope, per seed: one unified job over all personas, or one per persona.
+
+    max_sessions: each persona's first N train sessions only (every scope; the validation sets stay whole).
+    """
     root = Path(root)
     jobs = []
     for seed in seeds:
         if scope_arm == "lora_all":
-            jobs.append(AdapterJob("all", [i for p in personas for i in splits[p]["train"]],
+            jobs.append(AdapterJob("all", [i for p in personas for i in first_sessions(splits[p]["train"], max_sessions)],
                                    [i for p in personas for i in splits[p]["val"]], seed, root / f"seed_{seed}"))
         else:
-            jobs += [AdapterJob(p, splits[p]["train"], splits[p]["val"], seed, root / f"seed_{seed}" / p)
-                     for p in personas]
+            jobs += [AdapterJob(p, first_sessions(splits[p]["train"], max_sessions), splits[p]["val"], seed,
+                                root / f"seed_{seed}" / p) for p in personas]
     return jobs
 
 

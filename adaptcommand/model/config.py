@@ -89,6 +89,7 @@ SCHEMA = {
         "select_by": (str, "val_loss"),        # the epoch kept: val_loss | val_knowledge | last (training.py)
         "seeds": (list, [0]),                  # one adapter per seed, each in <arm root>/seed_<s>/
         "loss_on": (str, "assistant"),         # "assistant" (the guide's) or "all": user turns supervised too
+        "max_train_sessions": (OPTIONAL_INT, None),  # each persona's first N train sessions only (learning curve)
         "parallel_personas": (int, 1),    # K > 1: train K personas' adapters in one batched pass
         "micro_batch_size": (int, 0),     # with K > 1: sequences per forward pass (0: the whole step)
     },
@@ -137,6 +138,7 @@ RANGES = {
     ("training", "batch_size"): (1, None, True),
     ("training", "max_seq_length"): (16, None, True),
     ("training", "early_stopping_patience"): (0, None, True),
+    ("training", "max_train_sessions"): (1, None, True),
     ("training", "parallel_personas"): (1, None, True),
     ("training", "micro_batch_size"): (0, None, True),
     ("arms", "n_bootstrap"): (100, None, True),
