@@ -58,6 +58,10 @@ def test_personas_trained_together_equal_one_by_one(config_factory, tiny_arch_di
         else:
             assert knowledge_b == pytest.approx(knowledge_a, rel=1e-4) and max(knowledge_a) < 0
         assert json.loads((together / "seed_0" / persona / "adapter_config.json").read_text())["r"] == 4
+        # the same steps, losses and learning rates per step in both trainers (what TensorBoard plots)
+        assert log_a["optimizer_steps"] == log_b["optimizer_steps"] == len(log_b["step_train_loss"])
+        assert log_b["step_train_loss"] == pytest.approx(log_a["step_train_loss"], rel=1e-4)
+        assert log_b["step_learning_rate"] == pytest.approx(log_a["step_learning_rate"], rel=1e-6)
 
 
 def test_two_processes_split_the_personas(config_factory, tmp_path):

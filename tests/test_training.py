@@ -165,6 +165,20 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
     assert log["best_epoch"] in (1, 2) and len(log["epochs"]) == 2 and log["train_tokens"] > 0
     assert log["optimizer_steps"] == 2 * -(-log["train_examples"] // 2)  # 2 epochs of batches of 2
     assert log["floor_tokens_per_second"] > 0 and log["device"].endswith("threads)")
+    # the training curves as TensorBoard event files beside the log, read back
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "persona_000" / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) >= {"train/loss", "train/learning_rate", "val/loss"}
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == list(range(1, log["optimizer_steps"] + 1))
+    assert [e.value for e in losses] == pytest.approx(log["step_train_loss"], rel=1e-6)
+    val = events.Scalars("val/loss")
+    assert [e.step for e in val] == [e["optimizer_steps"] for e in log["epochs"]]
+    assert [e.value for e in val] == pytest.approx([e["val_loss"] for e in log["epochs"]], rel=1e-6)
+    lrs = [e.value for e in events.Scalars("train/learning_rate")]
+    assert max(lrs) == pytest.approx(1e-2, rel=0.2) and lrs[-1] < lrs[len(lrs) // 2]  # warmup, then decay
     adapter_cfg = json.loads((out / "persona_000" / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"].endswith(tmp_path.parent.name) is False
     rows = list(csv.DictReader((root / "training_summary.csv").open()))

@@ -133,8 +133,30 @@ def adapter_problem(folder, model):
     return None
 
 
+TENSORBOARD_DIR = "tensorboard"  # each adapter's training curves: `tensorboard --logdir models/`
+
+
+def write_training_curves(folder, log):
+    """TensorBoard event files of one adapter's training, from its log: train loss and learning rate
+    per optimizer step, validation loss and knowledge per epoch (at the step that ended the epoch)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for step, (loss, lr) in enumerate(zip(log["step_train_loss"], log["step_learning_rate"]), start=1):
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("train/learning_rate", lr, step)
+        for epoch in log["epochs"]:
+            for key in ("val_loss", "val_knowledge"):
+                if epoch.get(key) is not None:
+                    writer.add_scalar(f"val/{key.removeprefix('val_')}", epoch[key], epoch["optimizer_steps"])
+    finally:
+        writer.close()
+
+
 def save_adapter(peft_model, adapter_name, folder, log):
-    """Write one adapter of a PEFT model and its training log as a complete folder, atomically."""
+    """Write one adapter of a PEFT model and its training log as a complete folder, atomically, with
+    its training curves as TensorBoard event files in a subfolder when the log has them."""
     with atomic_path(folder) as tmp:
         peft_model.save_pretrained(tmp, selected_adapters=[adapter_name])
         nested = tmp / adapter_name  # PEFT saves a non-default adapter in a subfolder of its name
@@ -143,6 +165,8 @@ def save_adapter(peft_model, adapter_name, folder, log):
                 item.rename(tmp / item.name)
             nested.rmdir()
         write_json(tmp / "train_log.json", log)
+        if log.get("step_train_loss"):
+            write_training_curves(tmp / TENSORBOARD_DIR, log)
 
 
 def merge_unified(model, unified_dir):

@@ -169,8 +169,8 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
             lrs = torch.tensor([cfg["learning_rate"] * schedules[s](step_of[s]) for s in range(k)])
             optimizer.step(lrs, active)
             for slot in active.nonzero().flatten().tolist():
+                trackers[slot].end_step(float(per_slot[slot]) / max(int(tokens[slot]), 1), float(lrs[slot]))
                 step_of[slot] += 1
-                trackers[slot].log["optimizer_steps"] += 1
                 epoch_loss[slot] += float(per_slot[slot])
                 epoch_tokens[slot] += int(tokens[slot])
             bar.update(1)

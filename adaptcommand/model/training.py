@@ -318,7 +318,14 @@ class BestEpoch:
         self.patience, self.bad_epochs, self.start, self.select_by = patience, 0, time.perf_counter(), select_by
         self.best_score, self.best_epoch, self.state = math.inf, None, None
         self.log = {"epochs": [], "train_examples": n_train, "val_examples": n_val, "select_by": select_by,
-                    "train_tokens": 0, "supervised_tokens": 0, "optimizer_steps": 0}
+                    "train_tokens": 0, "supervised_tokens": 0, "optimizer_steps": 0,
+                    "step_train_loss": [], "step_learning_rate": []}
+
+    def end_step(self, loss, learning_rate):
+        """Record one optimizer step: its mean supervised-token loss and the learning rate it ran with."""
+        self.log["optimizer_steps"] += 1
+        self.log["step_train_loss"].append(loss)
+        self.log["step_learning_rate"].append(learning_rate)
 
     def end_epoch(self, train_loss_sum, supervised_tokens, val, snapshot):
         """Record an epoch (val: its ValScore); `snapshot()` returns the weights to keep if it is the best.
@@ -327,6 +334,7 @@ class BestEpoch:
         self.log["supervised_tokens"] += supervised_tokens
         self.log["epochs"].append({"epoch": epoch, "train_loss": train_loss_sum / max(supervised_tokens, 1),
                                    "val_loss": val.loss, "val_knowledge": val.knowledge,
+                                   "optimizer_steps": self.log["optimizer_steps"],
                                    "seconds": time.perf_counter() - self.start})
         score = {"val_loss": val.loss, "val_knowledge": None if val.knowledge is None else -val.knowledge,
                  "last": None}[self.select_by]
@@ -379,12 +387,12 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
             loss_sum, n = sums.sum(), int(counts.sum())
             (loss_sum / max(n, 1)).backward()
             torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
+            tracker.end_step(loss_sum.item() / max(n, 1), optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_total, tokens_total = loss_total + loss_sum.item(), tokens_total + n
             tracker.log["train_tokens"] += int(attention.sum())
-            tracker.log["optimizer_steps"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum.item() / max(n, 1):.3f}")
         if tracker.end_epoch(loss_total, tokens_total, val_scores(model, [val_examples], pad_id)[0],
