@@ -119,6 +119,7 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     assert ("persona_002", "lora_per_user") not in {(r["persona_id"], r["arm"]) for r in rows}
     assert "delta_vs_baseline_param_f1" in rows[0] and "delta_vs_retrieval_embedding_similarity" in rows[0]
     assert "delta_vs_lora_all_routine_f1" in rows[0] and "param_private_f1" in rows[0]
+    assert not [c for c in rows[0] if c.endswith(("_x", "_y"))]  # the primary metric is also secondary: one column
     # a persona's score is the mean over its seeds
     seed_rows = list(csv.DictReader((out / "per_persona_seed.csv").open()))
     mine = [float(r["rougeL"]) for r in seed_rows if (r["persona_id"], r["arm"]) == ("persona_000", "lora_per_user")]

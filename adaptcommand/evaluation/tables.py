@@ -152,7 +152,7 @@ def comparisons(seeds, arms, refs, primary, secondary, n_boot, min_personas):
 def with_deltas(frame, refs, metrics):
     """The per-persona table with delta_vs_<ref>_<metric> columns: each row's metric minus the reference arm's."""
     out = frame.copy()
-    for metric in [m for m in metrics if m in frame]:
+    for metric in [m for m in dict.fromkeys(metrics) if m in frame]:  # a metric named twice gets one column
         table = frame.pivot(index="persona_id", columns="arm", values=metric)
         for ref in refs:
             if ref not in table:
