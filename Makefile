@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo policy-table controls control-positive control-negative control-diagnosis bench
+.PHONY: setup test demo-data demo policy-table controls control-positive control-negative control-diagnosis learning-curve bench
 
 setup:
 	python3 -m venv .venv
@@ -32,6 +32,7 @@ demo: demo-data
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user --personas $(DEMO_USERS)
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all --personas $(DEMO_USERS)
 	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo
+	$(PY) scripts/analyze_results.py --results results/demo --label "synthetic demo data"
 
 # What saying nothing, echoing the user and perfect routine memory score (no model; synthetic data)
 policy-table:
@@ -79,6 +80,29 @@ control-positive control-negative: control-%:
 		--scope per_user_on_all $(CONTROL_RECIPE)
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \
 		--output_dir results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME)
+	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME) \
+		--label "synthetic $* control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)"
+
+# Learning curve (after control-positive, with the same variables): per-user-on-unified adapters trained on
+# each persona's first N train sessions (training.max_train_sessions), each N in its own adapter and result
+# folders, evaluated, then Δ against lora_all plotted against N beside the whole train split
+# (CURVE_FULL sessions: 15 of 25 at the 60/20/20 split) in the control's analysis.md.
+CURVE_SIZES ?= 5 10
+CURVE_FULL ?= 15
+curve_name = $(CONTROL_RECIPE_NAME)_n$(1)
+learning-curve:
+	for n in $(CURVE_SIZES); do \
+		$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,positive)) \
+			--scope per_user_on_all $(CONTROL_RECIPE) --set training.max_train_sessions=$$n \
+			--set adapters.lora_per_user_on_all=models/controls/$(call control_run,positive)/lora_per_user_on_all_$(call curve_name,$$n) || exit 1; \
+		$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,positive)) \
+			--set adapters.lora_per_user_on_all=models/controls/$(call control_run,positive)/lora_per_user_on_all_$(call curve_name,$$n) \
+			--output_dir results/controls/$(call control_run,positive)_$(call curve_name,$$n) || exit 1; \
+	done
+	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,positive)_$(CONTROL_RECIPE_NAME) \
+		--label "synthetic positive control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)" \
+		--curve $(foreach n,$(CURVE_SIZES),$(n)=results/controls/$(call control_run,positive)_$(call curve_name,$(n))) \
+		$(CURVE_FULL)=results/controls/$(call control_run,positive)_$(CONTROL_RECIPE_NAME)
 
 # Diagnosis of the positive control (after control-positive): per-user-on-unified adapters trained
 # 4 epochs, keeping the last epoch instead of the lowest-val-loss one, evaluated beside the same

@@ -48,7 +48,7 @@ from adaptcommand.evaluation.tables import (
     seed_frame,
     with_deltas,
 )
-from adaptcommand.model.adapters import arm_folder
+from adaptcommand.model.adapters import arm_folder, first_sessions
 from adaptcommand.model.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_embedder, pick_device
 
@@ -69,9 +69,10 @@ class Evaluation:
     store: PredictionStore
 
 
-def evaluate_split(ev, split, arms, personas, max_examples):
-    """{arm: turn records} of one split for these personas; adapter arms' records carry their seed."""
-    turns = collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples)
+def evaluate_split(ev, split, arms, personas, max_examples, indices=None):
+    """{arm: turn records} of one split for these personas (or of `indices`: {persona: dialogue indices});
+    adapter arms' records carry their seed."""
+    turns = collect_turns(ev.dialogs, indices or split_indices(ev.splits, split, personas), max_examples)
     records = {}
     policies = [a for a in arms if a in POLICY_ARMS]
     usual = (usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
@@ -92,16 +93,17 @@ def evaluate_split(ev, split, arms, personas, max_examples):
     return records
 
 
-def evaluate_cloze(ev, personas):
-    """ClozeResults of every model arm (every seed) on the test split's stated routine values."""
+def evaluate_cloze(ev, personas, indices=None, arms=None):
+    """ClozeResults of every model arm (or of `arms`; every seed) on the test split's stated routine values
+    (or on those of `indices`: {persona: dialogue indices})."""
     def actions_of(index):
         return ev.scorer.dialog_state(ev.dialogs, index)[0]
 
-    items = cloze_items(ev.dialogs, split_indices(ev.splits, "test", personas), actions_of)
+    items = cloze_items(ev.dialogs, indices or split_indices(ev.splits, "test", personas), actions_of)
     habits = habit_values(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()}, actions_of)
     results = []
     for group in ev.groups:
-        for arm in group.arms:
+        for arm in [a for a in group.arms if arms is None or a in arms]:
             seeds = {s for p in personas for s in group.adapters_for(arm, p)}
             for seed in sorted(seeds, key=lambda s: -1 if s is None else s):
                 def adapter_of(persona, arm=arm, seed=seed, group=group):
@@ -109,6 +111,23 @@ def evaluate_cloze(ev, personas):
                 results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
                                        arm, adapter_of, habits, ev.retriever, seed)
     return results
+
+
+def evaluate_memorization(ev, arms, personas, sessions, test, test_cloze):
+    """Routine F1 and cloze top-1 (macro over personas, seeds averaged) of the adapter arms and baseline on each
+    persona's last `sessions` train dialogues, beside the same on test: one row per (arm, split)."""
+    arms = [a for a in arms if a == "baseline" or a in ADAPTER_ARMS]
+    indices = {p: first_sessions(ev.splits[p]["train"])[-sessions:] for p in personas}
+    on_train = evaluate_split(ev, "train", arms, personas, None, indices)
+    train_cloze = evaluate_cloze(ev, personas, indices, arms) if ev.cfg["evaluation"]["cloze"] else []
+    rows = []
+    for split, records, cloze in (("train", on_train, train_cloze), ("test", test, test_cloze)):
+        frame = persona_frame(seed_frame({a: records[a] for a in arms if a in records},
+                                         [c for c in cloze if c.arm in arms]))
+        for arm, scores in frame.groupby("arm", sort=False):
+            rows.append({"arm": arm, "split": split, "personas": len(scores),
+                         **{m: scores[m].mean() if m in scores else None for m in ("routine_f1", "cloze_top1")}})
+    return rows
 
 
 def prompt_mismatches(cfg, availability):
@@ -193,6 +212,10 @@ def main():
     cloze = evaluate_cloze(ev, mine) if cfg["evaluation"]["cloze"] else []
     if cloze:
         stage_done("cloze")
+    memorization = []
+    if cfg["evaluation"]["train_sessions"] and state is None:
+        memorization = evaluate_memorization(ev, arms, mine, cfg["evaluation"]["train_sessions"], test, cloze)
+        stage_done("memorization (train sessions)")
     print(store.summary())
     gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
                                    for arm, rs in recs.items() for r in rs] + [("cloze", r.arm, r) for r in cloze]
@@ -244,6 +267,8 @@ def main():
     write_csv(out / "per_persona_seed.csv", csv_rows(seeds))
     write_csv(out / "comparison.csv", csv_rows(compared))
     write_csv(out / "training_costs.csv", csv_rows(costs))
+    if memorization:
+        write_csv(out / "memorization.csv", memorization)
     write_csv(out / "arm_metrics_pooled.csv", csv_rows(pooled_table(test).reset_index()))
     if val:
         write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))

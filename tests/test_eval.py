@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -93,7 +94,7 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     config.write_text(json.dumps({
         "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
-        "generation": {"max_new_tokens": 3, "batch_size": 8},
+        "generation": {"max_new_tokens": 3, "batch_size": 8}, "evaluation": {"train_sessions": 1},
         "adapters": {"lora_all": str(models / "lora_all"), "lora_per_user": str(models / "per_user"),
                      "lora_per_user_on_all": str(models / "on_all")},
         "arms": {"n_bootstrap": 200}}))
@@ -156,7 +157,27 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     assert float(unified["adapter_mb"]) > 0 and costs[("lora_per_user", "0")]["adapters"] == "2"
     assert costs[("lora_per_user", "0")]["device"] == "unrecorded" and ("lora_per_user", "1") in costs
     assert "| training lora_all seed 0 (1 adapter) | 10 | 500 | 50 | 100 |" in result.stdout
-    assert set(summary["stage_seconds"]) >= {"load data and models", "replies and scores, test", "cloze", "statistics"}
+    assert set(summary["stage_seconds"]) >= {"load data and models", "replies and scores, test", "cloze", "statistics",
+                                             "memorization (train sessions)"}
+    # memorisation: baseline and the adapter arms on each persona's last train session, beside test
+    memo = {(r["arm"], r["split"]): r for r in csv.DictReader((out / "memorization.csv").open())}
+    assert set(memo) == {(a, s) for a in ("baseline", "lora_all", "lora_per_user", "lora_per_user_on_all")
+                         for s in ("train", "test")}
+    assert float(memo[("baseline", "test")]["routine_f1"]) == pytest.approx(arms["baseline"]["routine_f1"])
+    assert memo[("lora_per_user", "train")]["personas"] == "2" and memo[("lora_all", "train")]["cloze_top1"] != ""
+
+    # the analysis report, from these files only (the same evaluation twice as a two-point learning curve)
+    result = run_script("analyze_results.py", "--results", out, "--curve", f"4={out}", f"2={out}", "--label", "synthetic")
+    assert result.returncode == 0, result.stderr
+    report = (out / "analysis.md").read_text()
+    for heading in ("# Analysis: synthetic", "## Who benefits", "## Compute against gain", "## Memorisation",
+                    "## Learning curve", "## Time"):
+        assert heading in report
+    assert "| lora_per_user_on_all - lora_all | habit_gap |" in re.sub(" +", " ", report)
+    for png in ("who_benefits_routine_f1.png", "compute_vs_gain.png", "learning_curve.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    result = run_script("analyze_results.py", "--results", out, "--curve", "two=x")
+    assert result.returncode == 2 and "--curve 'two=x': expected N=FOLDER" in result.stderr
 
 
 def test_reference_policies_need_no_chat_model(demo_files, tmp_path):

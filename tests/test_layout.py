@@ -13,7 +13,7 @@ from adaptcommand.data.splits import load_splits, make_splits, split_report
 from adaptcommand.model.config import load_config
 
 STAGE_SCRIPTS = ("clean_data", "create_splits", "run_baseline_benchmark", "train_lora_per_user", "eval_lora",
-                 "make_demo_data", "download_data")
+                 "make_demo_data", "download_data", "analyze_results")
 SPLIT_READERS = ("train_lora_per_user.py", "eval_lora.py", "run_baseline_benchmark.py")
 
 

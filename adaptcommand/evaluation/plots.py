@@ -83,3 +83,53 @@ def per_user_vs_unified(seeds, metric, path):
     ax.set_ylabel(f"per-user {metric} (seed range)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def trait_scatter(gains, traits, path):
+    """One panel per (gain, trait): each persona's gain (y) against its trait (x); exploratory."""
+    merged = gains.merge(traits, on="persona_id")
+    gain_columns = [c for c in gains.columns if c != "persona_id"]
+    trait_columns = [c for c in traits.columns if c != "persona_id"]
+    fig, axes = plt.subplots(max(1, len(gain_columns)), len(trait_columns),
+                             figsize=(2.4 * len(trait_columns), 2.2 * max(1, len(gain_columns))), squeeze=False)
+    for row, gain in enumerate(gain_columns):
+        for col, trait in enumerate(trait_columns):
+            ax = axes[row][col]
+            ax.scatter(merged[trait], merged[gain], s=12, alpha=0.8)
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_xlabel(trait, fontsize=7)
+            if col == 0:
+                ax.set_ylabel(gain, fontsize=7)
+            ax.tick_params(labelsize=6)
+    return _save(fig, path)
+
+
+def compute_against_gain_plot(table, metric, path):
+    """Each adapter arm and seed: training seconds (x, log scale) against its mean Δ `metric` vs baseline (y)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    column = f"delta_vs_baseline_{metric}"
+    for arm, rows in table.groupby("arm", sort=False):
+        if column in rows:
+            ax.scatter(rows["seconds"], rows[column], label=arm, s=20)
+    ax.set_xscale("log")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("training seconds (all adapters of the arm)", fontsize=8)
+    ax.set_ylabel(f"Δ {metric} vs baseline", fontsize=8)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def learning_curve_plot(curve, path):
+    """Δ against the reference (95% interval) by train sessions per persona, one line per arm, reference and metric."""
+    metrics = list(dict.fromkeys(curve["metric"]))
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.8 * max(1, len(metrics)), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for (arm, ref), rows in curve[curve["metric"] == metric].groupby(["arm", "ref"], sort=False):
+            rows = rows.dropna(subset=["macro_delta"]).sort_values("train_sessions")
+            ax.errorbar(rows["train_sessions"], rows["macro_delta"], capsize=3, marker="o", label=f"{arm} - {ref}",
+                        yerr=[rows["macro_delta"] - rows["ci_low"], rows["ci_high"] - rows["macro_delta"]])
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xlabel("train sessions per persona", fontsize=8)
+        ax.set_ylabel(f"Δ {metric} (95% CI)", fontsize=8)
+        ax.legend(fontsize=6)
+    return _save(fig, path)

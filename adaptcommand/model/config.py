@@ -69,6 +69,7 @@ SCHEMA = {
         "max_examples": (OPTIONAL_INT, None),
         "sample_outputs": (int, 20),
         "cloze": (bool, True),                 # the preference cloze (adaptcommand/evaluation/cloze.py) for every model arm
+        "train_sessions": (int, 0),            # memorisation check: baseline and adapter arms on each persona's last N train sessions
     },
     "lora": {
         "r": (int, 8),
@@ -127,6 +128,7 @@ RANGES = {
     ("generation", "top_p"): (0, 1, False),
     ("evaluation", "max_examples"): (1, None, True),
     ("evaluation", "sample_outputs"): (0, None, True),
+    ("evaluation", "train_sessions"): (0, None, True),
     ("lora", "r"): (1, None, True),
     ("lora", "alpha"): (1, None, True),
     ("lora", "dropout"): (0, 0.99, True),
