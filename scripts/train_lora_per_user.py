@@ -16,7 +16,8 @@ training.parallel_personas = K > 1 trains K personas' adapters in one batched pa
 Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N ...` on CPU)
 split the persona list between them; the summary covers all of them.
 
-Every adapter is trained once per seed of training.seeds. Scopes write to the config's `adapters`
+training.epochs caps every scope's epochs; training.unified_epochs, if set, caps the unified adapter's
+instead. Every adapter is trained once per seed of training.seeds. Scopes write to the config's `adapters`
 section (or --output_dir):
   all              adapters.lora_all             (models/lora_all/seed_<s>/)
   per_user         adapters.lora_per_user        (models/lora_per_user/seed_<s>/<persona_id>/)
@@ -76,6 +77,8 @@ def main():
     cfg = load_config(args.config, args.set)
     scope = args.scope or cfg["training"]["scope"]
     arm = SCOPE_ARM[scope]
+    if arm == "lora_all" and cfg["training"]["unified_epochs"] is not None:
+        cfg["training"]["epochs"] = cfg["training"]["unified_epochs"]
     output_dir = Path(args.output_dir or cfg["adapters"][arm])
     dialogs = load_dialogs(cfg["data"]["dialogs"])
     splits = load_splits(cfg["data"]["splits"], dialogs)

@@ -246,12 +246,13 @@ def test_failing_persona_does_not_stop_the_others(train_config, demo_files, tmp_
 
 
 def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
-    config = train_config(epochs=1, seeds=[0, 1])
+    config = train_config(epochs=1, unified_epochs=2, early_stopping_patience=5, seeds=[0, 1])
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "all")
     assert result.returncode == 0, result.stderr
     unified = tmp_path / "lora_all"
     log = json.loads((unified / "seed_1" / "train_log.json").read_text())
     assert log["scope"] == "all" and log["train_examples"] == 3 * 6 and log["seed"] == 1  # 3 personas x 6 dialogues
+    assert len(log["epochs"]) == 2  # training.unified_epochs caps the unified adapter, epochs the per-user ones
     seed_0, seed_1 = _weights(unified / "seed_0"), _weights(unified / "seed_1")
     assert any(not torch.equal(seed_0[k], seed_1[k]) for k in seed_0)  # the seeds really differ
     out = tmp_path / "on_all"
@@ -261,7 +262,7 @@ def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
     for seed in (0, 1):  # each seed's per-user adapter sits on the unified adapter of that seed
         log = json.loads((out / f"seed_{seed}" / "persona_002" / "train_log.json").read_text())
         assert log["on_unified_adapter"] == str((unified / f"seed_{seed}").resolve())
-        assert log["scope"] == "per_user_on_all" and log["seed"] == seed
+        assert log["scope"] == "per_user_on_all" and log["seed"] == seed and len(log["epochs"]) == 1
     # without a unified adapter the scope is refused clearly
     shutil.rmtree(unified)
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",

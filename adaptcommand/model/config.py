@@ -83,7 +83,8 @@ SCHEMA = {
         "weight_decay": (NUMBER, 0.01),
         "warmup_ratio": (NUMBER, 0.1),
         "max_grad_norm": (NUMBER, 1.0),
-        "epochs": (int, 3),
+        "epochs": (int, 3),                    # the cap on epochs (select_by last: the epochs)
+        "unified_epochs": (OPTIONAL_INT, None),  # the unified adapter's cap, if not `epochs` (it sees every persona's data)
         "batch_size": (int, 4),
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
@@ -137,6 +138,7 @@ RANGES = {
     ("training", "warmup_ratio"): (0, 1, True),
     ("training", "max_grad_norm"): (0, None, False),
     ("training", "epochs"): (1, None, True),
+    ("training", "unified_epochs"): (1, None, True),
     ("training", "batch_size"): (1, None, True),
     ("training", "max_seq_length"): (16, None, True),
     ("training", "early_stopping_patience"): (0, None, True),
