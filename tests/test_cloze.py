@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from adaptcommand.evaluation.action_metrics import ActionExtractor
-from adaptcommand.evaluation.cloze import candidate_logprobs, cloze_items, habit_values, item_sequences, score_items
+from adaptcommand.evaluation.cloze import (
+    candidate_logprobs,
+    cloze_items,
+    habit_values,
+    item_sequences,
+    score_items,
+    shared_prefix_logprobs,
+)
 from adaptcommand.evaluation.routine_knowledge import EVERYONE, message_actions
 from adaptcommand.model.config import defaults
 
@@ -101,6 +108,36 @@ def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir):
     # the adapter changes the scores, so arms are told apart
     assert candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, "p1") != \
         candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, "__base__")
+
+
+def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
+    """Scores from a shared prefill equal each item scored alone (on the base and through an adapter),
+    and a dialogue whose items extend each other is prefilled once."""
+    from peft import LoraConfig, get_peft_model
+
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                           adapter_name="p1").eval()
+    dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color.", "Heat mode for the AC.")]
+    items, _ = _items(dialogs)
+    cfg = {**defaults()["prompt"], "system_template": "S"}
+    sequences = [item_sequences(tokenizer, dialogs[0], item, cfg) for item in items]
+    assert len(items) == 3 and all(a[0] == b[0][:len(a[0])] for a, b in zip(sequences, sequences[1:]))
+    prefills = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape) if kwargs.get("cache") is None else None,
+        with_kwargs=True)
+    for adapter in ("p1", "__base__"):
+        prefills.clear()
+        shared = shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, adapter)
+        assert prefills == [(1, len(sequences[-1][0]))]  # the longest prefix, once
+        for (prefix, tails), scores in zip(sequences, shared):
+            assert scores == pytest.approx(candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, adapter),
+                                           abs=1e-4)
+    hook.remove()
 
 
 def test_score_items_marks_the_argmax(tiny_model):

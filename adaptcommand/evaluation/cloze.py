@@ -14,8 +14,8 @@ categories, or every integer of the parameter's range. Only knowledge can win:
 
 An item is correct when the user's actual value has the highest log-probability.
 
-No generation: one forward pass over the shared prefix (its KV cache is reused) and one over the
-candidates, so it is cheap on a CPU, and it measures knowledge even where replies ask back.
+No generation: one forward pass over the prefix and one over the candidates from its KV cache; the
+items of one dialogue share one prefill where their prompts extend each other, so it is cheap on a CPU, and it measures knowledge even where replies ask back.
 Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
 always answering the most common value of that parameter in every user's train dialogues
 (majority), and always answering this user's own most common train value (habit; the population's
@@ -31,6 +31,7 @@ import torch
 from adaptcommand.data.schema import DEVICES
 from adaptcommand.evaluation.action_metrics import prescribed_settings
 from adaptcommand.evaluation.routine_knowledge import EVERYONE
+from adaptcommand.model.generation import turn_cache
 from adaptcommand.model.prompting import build_turn_messages
 
 
@@ -174,24 +175,50 @@ def item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved=()):
     return full[0][:shared], [ids[shared:] for ids in full]
 
 
-@torch.no_grad()
 def candidate_logprobs(model, prefix, tails, pad_id, adapter=None):
     """log p(tail | prefix) for each tail, with the prefix computed once and its cache shared."""
+    return shared_prefix_logprobs(model, [(prefix, tails)], pad_id, adapter)[0]
+
+
+@torch.no_grad()
+def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
+    """candidate_logprobs of several (prefix, tails) of one adapter, each prefix prefilled at most once:
+    a prefix that is a token prefix of a longer one (a later item of the same dialogue) is read from the
+    longer one's cache, so a dialogue's history is computed once for all its items where the prompts allow.
+    """
     device = next(model.parameters()).device
     names = {} if adapter is None else {"adapter_names": [adapter]}
-    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **names)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    cache = out.cache
-    cache.batch_repeat_interleave(len(tails))
+    scores = [None] * len(sequences)
+    for lead in sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0])):
+        if scores[lead] is not None:
+            continue
+        longest = sequences[lead][0]
+        members = [i for i, (prefix, _) in enumerate(sequences)
+                   if scores[i] is None and longest[:len(prefix)] == prefix]
+        positions = sorted({len(sequences[i][0]) - 1 for i in members})
+        out = model(input_ids=torch.tensor([longest], device=device), use_cache=True,
+                    logits_to_keep=torch.tensor(positions, device=device), **names)
+        first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
+        for i in members:
+            prefix, tails = sequences[i]
+            scores[i] = _tail_logprobs(model, out.cache, len(prefix), first[len(prefix) - 1], tails, pad_id, adapter)
+    return scores
+
+
+def _tail_logprobs(model, cache, length, first, tails, pad_id, adapter):
+    """Each tail's log-probability after the first `length` tokens of a one-row cache (first: the
+    log-probabilities of the token after them)."""
+    device = first.device
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(tails), len(prefix) + width), dtype=torch.long, device=device)
-    mask[:, : len(prefix)] = 1
+    mask = torch.zeros((len(tails), length + width), dtype=torch.long, device=device)
+    mask[:, :length] = 1
     for row, tail in enumerate(tails):
         ids[row, : len(tail)] = torch.tensor(tail, device=device)
-        mask[row, len(prefix): len(prefix) + len(tail)] = 1
+        mask[row, length: length + len(tail)] = 1
     names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
-    logits = model(input_ids=ids, attention_mask=mask, cache=cache, **names).logits.float()
+    rows = turn_cache(model, [(cache, 0, 0)] * len(tails), [length] * len(tails))
+    logits = model(input_ids=ids, attention_mask=mask, cache=rows, **names).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     scores = []
     for row, tail in enumerate(tails):
@@ -221,23 +248,29 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
     """ClozeResults of one arm; adapter_of(persona) names each persona's adapter (None: skip it);
     habits: `habit_values` of the train split, for the majority and habit baselines."""
     majority = habits.get(EVERYONE, {})
-    results = []
+    by_dialog = {}  # items of one dialogue and adapter share their prefill
     for item in items:
         adapter = adapter_of(item.persona_id)
-        if adapter is None:
-            continue
-        dialog = dialogs[item.dialog_index]
-        retrieved = ()
-        if prompt_cfg["retrieval"]:
-            retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index],
-                                                  item.dialog_index)])[0]
-        prefix, tails = item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved)
-        scores = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id,
-                                    adapter if hasattr(model, "peft_config") else None)
-        best = max(range(len(scores)), key=scores.__getitem__)
-        key = (item.device, item.param)
-        habit = habits.get(item.persona_id, {}).get(key, majority.get(key))
-        results.append(ClozeResult(item.persona_id, arm, seed, item.dialog_index, item.message_index, best == item.answer,
-                                   1 / len(item.candidates), majority.get(key) == item.value, habit == item.value,
-                                   item.in_context))
+        if adapter is not None:
+            by_dialog.setdefault((item.dialog_index, adapter), []).append(item)
+    results = []
+    for (index, adapter), group in by_dialog.items():
+        dialog = dialogs[index]
+        sequences = []
+        for item in group:
+            retrieved = ()
+            if prompt_cfg["retrieval"]:
+                retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index], index)])[0]
+            sequences.append(item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved))
+        scored = shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id,
+                                        adapter if hasattr(model, "peft_config") else None)
+        results += [_result(item, scores, arm, seed, habits, majority) for item, scores in zip(group, scored)]
     return results
+
+
+def _result(item, scores, arm, seed, habits, majority):
+    best = max(range(len(scores)), key=scores.__getitem__)
+    key = (item.device, item.param)
+    habit = habits.get(item.persona_id, {}).get(key, majority.get(key))
+    return ClozeResult(item.persona_id, arm, seed, item.dialog_index, item.message_index, best == item.answer,
+                       1 / len(item.candidates), majority.get(key) == item.value, habit == item.value, item.in_context)

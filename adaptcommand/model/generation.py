@@ -96,7 +96,7 @@ def _forward_cache(model, tokens, mask, names):
                                                        use_cache=True, logits_to_keep=1, **extra).cache)
 
 
-def _turn_cache(model, sources, lengths):
+def turn_cache(model, sources, lengths):
     """A left-padded cache for a batch of turns: row r holds sources[r] = (cache, row, pad)'s first lengths[r] tokens."""
     from transformers import DynamicCache
 
@@ -129,9 +129,9 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
         turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
-        turn_cache = _turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts])
+        rows_cache = turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts])
         out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
-                        turn_cache)
+                        rows_cache)
         for i, generated in zip(prompts, out[:, turn_tokens.shape[1]:]):
             replies[i] = tokenizer.decode(generated, skip_special_tokens=True).strip()
             stats.generated += int((generated != tokenizer.pad_token_id).sum())
