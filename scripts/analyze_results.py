@@ -5,12 +5,15 @@
 
 Reads only files eval_lora.py wrote (arm_metrics.json, per_persona.csv, per_persona_seed.csv,
 training_costs.csv, comparison.md, memorization.csv when the evaluation had evaluation.train_sessions)
-and the dialogues and splits its config names; runs no model. Writes analysis.md beside them with:
+and the dialogues and splits its config names (with the evaluation's --set flags, and this script's
+own --set on top); runs no model. Writes analysis.md beside them with:
 - who benefits: each persona's traits from the data (adaptcommand/evaluation/persona_traits.py)
   against its gains (per-user arms vs lora_all, retrieval vs baseline), Spearman correlations with
   bootstrap intervals, exploratory (no verdicts), and scatter plots (who_benefits.png);
 - compute against gain: training seconds, steps, tokens, adapter size and device per adapter arm
   and seed beside its mean Δ routine F1 and cloze vs baseline and vs lora_all (compute_vs_gain.png);
+- what the arms state: for the settings an arm states, how often it is the session's value, the
+  user's most common one or the population's most common one (from predictions.jsonl);
 - memorisation: the arms on train sessions beside test (the gap);
 - the learning curve, when --curve gives evaluations of adapters trained on N sessions per persona
   (training.max_train_sessions): Δ vs lora_all against N (learning_curve.png);
@@ -18,6 +21,7 @@ and the dialogues and splits its config names; runs no model. Writes analysis.md
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +35,7 @@ from adaptcommand.evaluation.analysis import (
     markdown_table,
     memorization_gaps,
     persona_gains,
+    stated_value_sources,
 )
 from adaptcommand.evaluation.costs import time_breakdown
 from adaptcommand.evaluation.persona_traits import TRAITS, persona_traits, who_benefits
@@ -65,20 +70,24 @@ def main():
                         help="evaluations of adapters trained on N train sessions per persona")
     parser.add_argument("--label", default="", help="what the data is, in the report's title (say 'synthetic')")
     parser.add_argument("--n_bootstrap", type=int, default=2000)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override the evaluation's config (its file and --set flags, from arm_metrics.json), "
+                             "e.g. --set data.dialogs=data/x.jsonl; repeatable")
     args = parser.parse_args()
     out = Path(args.results)
     summary_path = out / "arm_metrics.json"
     if not summary_path.is_file():
         raise UserError(f"{summary_path}: not found; run scripts/eval_lora.py with --output_dir {out} first")
     summary = read_json(summary_path)
-    cfg = load_config(summary["config_file"])
+    cfg = load_config(summary["config_file"], summary.get("config_overrides", []) + args.set)
     frame = read_table(out, "per_persona.csv")
     seeds = read_table(out, "per_persona_seed.csv")
     costs = read_table(out, "training_costs.csv")
     memorization = read_table(out, "memorization.csv", required=False)
     curve = parse_curve(args.curve)
     dialogs = load_dialogs(cfg["data"]["dialogs"])
-    traits = persona_traits(dialogs, load_splits(cfg["data"]["splits"], dialogs))
+    splits = load_splits(cfg["data"]["splits"], dialogs)
+    traits = persona_traits(dialogs, splits)
     traits = traits[traits["persona_id"].isin(frame["persona_id"])]
     metric = summary["primary_metric"]
 
@@ -107,9 +116,23 @@ def main():
         delta_columns = [c for c in table.columns if c.startswith("delta_vs_")]
         sections.append(markdown_table(table, ["arm", "seed", "adapters", "seconds", "optimizer_steps", "train_tokens",
                                                "adapter_mb", "device", *delta_columns]))
-        sections.append(f"\n![compute against gain]({compute_against_gain_plot(table, metric, out / 'compute_vs_gain.png').name})\n")
+        plot = compute_against_gain_plot(table, metric, out / "compute_vs_gain.png")
+        if plot is not None:
+            plots.append(plot)
+            sections.append(f"\n![compute against gain]({plot.name})\n")
     else:
         sections.append("No adapter arm was evaluated.\n")
+
+    predictions = out / "predictions.jsonl"
+    if predictions.is_file():
+        rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+        stated = stated_value_sources(dialogs, splits, rows)
+        sections.append("## What the arms state\n")
+        sections.append("Of the routine settings each arm first states at an open turn (pooled over sessions), the "
+                        "share stated with the session's value (precision), with this user's most common train value "
+                        "and with the population's most common train value:\n\n")
+        sections.append(markdown_table(stated, ["arm", "seed", "stated", "session_value", "user_usual_value",
+                                                "everyone_usual_value"]) + "\n")
 
     sections.append("## Memorisation: train sessions against test\n")
     if memorization is not None:
@@ -130,7 +153,7 @@ def main():
     sections.append(time_breakdown(costs, summary.get("stage_seconds", {})))
     report = out / "analysis.md"
     write_text_atomic(report, "\n".join(sections))
-    print(f"wrote {report} and {len(plots) + bool(len(costs)) + bool(curve)} plot(s)")
+    print(f"wrote {report} and {len(plots) + bool(curve)} plot(s)")
     return 0
 
 

@@ -252,7 +252,8 @@ def main():
     # ---- write
     out = Path(args.output_dir)
     write_json(out / "arm_metrics.json", {
-        "config_file": cfg["_source"], "split": "test", "primary_metric": metric, "turns": n_turns,
+        "config_file": cfg["_source"], "config_overrides": args.set, "split": "test", "primary_metric": metric,
+        "turns": n_turns,
         "arms": json.loads(table.to_json(orient="index")),
         "comparisons": csv_rows(compared),
         "best_on_val_choice": choice,

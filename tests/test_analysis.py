@@ -93,3 +93,33 @@ def test_curve_points_keep_the_per_user_arms_against_the_unified_adapter():
          "ci_low": 0.2, "ci_high": 0.4, "verdict": "wins"}])
     points = curve_points({10: compared, 5: compared.assign(macro_delta=[0.05, 0.3])})
     assert points[["train_sessions", "macro_delta"]].values.tolist() == [[5, 0.05], [10, 0.1]]
+
+
+def test_stated_value_sources_tell_the_sessions_value_from_the_habits():
+    from adaptcommand.evaluation.analysis import stated_value_sources
+
+    routine = [{"triggers": {}, "actions": {"lights": {"brightness": 50}}}]
+    habit = [{"triggers": {}, "actions": {"lights": {"brightness": 30}}}]
+
+    def dialog(persona, routines):
+        return {"persona_id": persona, "routines": routines, "applied_routines": [0], "meta": {},
+                "messages": [{"role": "user", "text": "Turn on the lights please."},
+                             {"role": "assistant", "text": "Which brightness?"},
+                             {"role": "user", "text": "Brightness 50 please."},
+                             {"role": "assistant", "text": "Done."}]}
+
+    dialogs = [dialog("a", habit), dialog("a", habit), dialog("b", habit), dialog("a", routine)]
+    splits = {"a": {"train": [0, 1], "val": [], "test": [3]}, "b": {"train": [2], "val": [], "test": []}}
+    predictions = [{"arm": "right", "seed": 0, "persona_id": "a", "dialog_index": 3, "turn_index": 1,
+                    "prediction": "Lights at 50% brightness."},
+                   {"arm": "habit", "seed": 0, "persona_id": "a", "dialog_index": 3, "turn_index": 1,
+                    "prediction": "Lights at 30% brightness."},
+                   {"arm": "habit", "seed": 0, "persona_id": "a", "dialog_index": 3, "turn_index": 3,
+                    "prediction": "Lights at 50% brightness."},  # after the user said 50: closed, not counted
+                   {"arm": "silent", "seed": None, "persona_id": "a", "dialog_index": 3, "turn_index": 1,
+                    "prediction": "Okay."}]
+    table = stated_value_sources(dialogs, splits, predictions).set_index("arm")
+    assert table.loc["right", ["stated", "session_value", "user_usual_value"]].tolist() == [1, 1.0, 0.0]
+    assert table.loc["habit", ["stated", "session_value", "user_usual_value", "everyone_usual_value"]].tolist() == \
+        [1, 0.0, 1.0, 1.0]
+    assert "silent" not in table.index  # states nothing

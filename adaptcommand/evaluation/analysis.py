@@ -75,3 +75,39 @@ def curve_points(points, arms=("lora_per_user", "lora_per_user_on_all"), refs=("
 def markdown_table(frame, columns):
     """A markdown table of these columns, numbers with 3 decimals, blanks for missing values."""
     return frame[list(columns)].to_markdown(index=False, floatfmt=".3f", missingval="") + "\n"
+
+
+def stated_value_sources(dialogs, splits, predictions):
+    """Where each arm's stated routine values come from: for every setting an arm's reply first states at an
+    open turn (as routine F1 scores it), whether the value is the session's (precision), this user's most
+    common train value, or the population's most common train value.
+
+    predictions: the evaluation's predictions.jsonl rows (test split). One row per arm and seed.
+    """
+    from adaptcommand.evaluation.action_metrics import ActionExtractor
+    from adaptcommand.evaluation.routine_knowledge import EVERYONE, message_actions, session_settings, usual_settings
+
+    extract = ActionExtractor().extract_actions
+    usual = usual_settings(dialogs, {p: s["train"] for p, s in splits.items()})
+    settings_of, first = {}, {}
+    for row in sorted((r for r in predictions if r.get("split", "test") == "test"),
+                      key=lambda r: (r["arm"], str(r.get("seed")), r["dialog_index"], r["turn_index"])):
+        index, turn = row["dialog_index"], row["turn_index"]
+        if index not in settings_of:
+            settings_of[index] = session_settings(dialogs[index], message_actions(dialogs[index], extract))
+        predicted = extract(row["prediction"], dialogs[index]["messages"][:turn])
+        for s in settings_of[index]:
+            key = (row["arm"], row.get("seed"), index, s.device, s.param)
+            if key not in first and turn in s.open_turns and s.param in predicted.get(s.device, {}):
+                value = predicted[s.device][s.param]
+                persona = row["persona_id"]
+
+                def top(who):
+                    return (usual.get(who, {}).get(s.device, {}).get(s.param) or [None])[0]
+                first[key] = (value == s.value, value == top(persona), value == top(EVERYONE))
+    frame = pd.DataFrame([(arm, seed, *flags) for (arm, seed, *_), flags in first.items()],
+                         columns=["arm", "seed", "session_value", "user_usual_value", "everyone_usual_value"])
+    out = frame.groupby(["arm", "seed"], sort=False, dropna=False).agg(
+        stated=("session_value", "size"), session_value=("session_value", "mean"),
+        user_usual_value=("user_usual_value", "mean"), everyone_usual_value=("everyone_usual_value", "mean"))
+    return out.reset_index()

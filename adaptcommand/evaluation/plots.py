@@ -105,16 +105,19 @@ def trait_scatter(gains, traits, path):
 
 
 def compute_against_gain_plot(table, metric, path):
-    """Each adapter arm and seed: training seconds (x, log scale) against its mean Δ `metric` vs baseline (y)."""
+    """Each adapter arm and seed: training seconds (x, log scale) against its mean Δ `metric` vs baseline
+    (y), or vs lora_all where the evaluation had no baseline arm; None (no plot) when no arm has a Δ."""
+    column = next((c for c in (f"delta_vs_baseline_{metric}", f"delta_vs_lora_all_{metric}")
+                   if c in table and table[c].notna().any()), None)
+    if column is None:
+        return None
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    column = f"delta_vs_baseline_{metric}"
-    for arm, rows in table.groupby("arm", sort=False):
-        if column in rows:
-            ax.scatter(rows["seconds"], rows[column], label=arm, s=20)
+    for arm, rows in table.dropna(subset=[column]).groupby("arm", sort=False):
+        ax.scatter(rows["seconds"], rows[column], label=arm, s=20)
     ax.set_xscale("log")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("training seconds (all adapters of the arm)", fontsize=8)
-    ax.set_ylabel(f"Δ {metric} vs baseline", fontsize=8)
+    ax.set_ylabel(f"Δ {metric} vs {column.removeprefix('delta_vs_').removesuffix('_' + metric)}", fontsize=8)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
