@@ -82,7 +82,7 @@ def main():
     cfg = load_config(summary["config_file"], summary.get("config_overrides", []) + args.set)
     frame = read_table(out, "per_persona.csv")
     seeds = read_table(out, "per_persona_seed.csv")
-    costs = read_table(out, "training_costs.csv")
+    costs = read_table(out, "training_costs.csv", required=False)  # older evaluations did not write it
     memorization = read_table(out, "memorization.csv", required=False)
     curve = parse_curve(args.curve)
     dialogs = load_dialogs(cfg["data"]["dialogs"])
@@ -111,7 +111,7 @@ def main():
     sections.append("\n" + "\n".join(f"![who benefits]({p.name})" for p in plots) + "\n")
 
     sections.append("## Compute against gain\n")
-    if len(costs):
+    if costs is not None and len(costs):
         table = compute_against_gain(costs, seeds)
         delta_columns = [c for c in table.columns if c.startswith("delta_vs_")]
         sections.append(markdown_table(table, ["arm", "seed", "adapters", "seconds", "optimizer_steps", "train_tokens",
@@ -121,7 +121,7 @@ def main():
             plots.append(plot)
             sections.append(f"\n![compute against gain]({plot.name})\n")
     else:
-        sections.append("No adapter arm was evaluated.\n")
+        sections.append("No adapter arm's training costs (no adapter arm, or an evaluation older than training_costs.csv).\n")
 
     predictions = out / "predictions.jsonl"
     if predictions.is_file():
@@ -150,7 +150,8 @@ def main():
         sections.append(f"\n![learning curve]({learning_curve_plot(points, out / 'learning_curve.png').name})\n")
 
     sections.append("## Time\n")
-    sections.append(time_breakdown(costs, summary.get("stage_seconds", {})))
+    if costs is not None:
+        sections.append(time_breakdown(costs, summary.get("stage_seconds", {})))
     report = out / "analysis.md"
     write_text_atomic(report, "\n".join(sections))
     print(f"wrote {report} and {len(plots) + bool(curve)} plot(s)")
