@@ -17,7 +17,8 @@ own --set on top); runs no model. Writes analysis.md beside them with:
 - memorisation: the arms on train sessions beside test (the gap);
 - the learning curve, when --curve gives evaluations of adapters trained on N sessions per persona
   (training.max_train_sessions): Δ vs lora_all against N (learning_curve.png);
-- the evaluation's own tables (comparison.md) and the time breakdown.
+- the evaluation's own tables (comparison.md), the minimum detectable effect projected to other numbers
+  of personas from the observed SD of the deltas, and the time breakdown.
 """
 
 import argparse
@@ -35,6 +36,7 @@ from adaptcommand.evaluation.analysis import (
     markdown_table,
     memorization_gaps,
     persona_gains,
+    projected_mde,
     stated_value_sources,
 )
 from adaptcommand.evaluation.costs import time_breakdown
@@ -95,6 +97,14 @@ def main():
                 f"From `{out}` (config `{summary['config_file']}`, {summary['turns']} test turns, "
                 f"{frame['persona_id'].nunique()} personas), by `scripts/analyze_results.py`.\n",
                 "## The evaluation\n", (out / "comparison.md").read_text(encoding="utf-8")]
+
+    compared = read_table(out, "comparison.csv")
+    mde = projected_mde(compared, metric)
+    if len(mde):
+        sections.append("## How many personas would detect it\n")
+        sections.append(f"The minimum detectable effect on {metric} (80% power, the family's strictest Holm level) at other "
+                        "numbers of personas, from the SD of the per-persona deltas observed here:\n\n")
+        sections.append(markdown_table(mde, list(mde.columns)) + "\n")
 
     sections.append("## Who benefits (exploratory: correlations, no verdicts)\n")
     sections.append(markdown_table(traits, ["persona_id", *TRAITS]))

@@ -123,3 +123,19 @@ def test_stated_value_sources_tell_the_sessions_value_from_the_habits():
     assert table.loc["habit", ["stated", "session_value", "user_usual_value", "everyone_usual_value"]].tolist() == \
         [1, 0.0, 1.0, 1.0]
     assert "silent" not in table.index  # states nothing
+
+
+def test_projected_mde_scales_the_reported_one_by_the_square_root_of_personas():
+    from adaptcommand.evaluation.analysis import projected_mde
+    from adaptcommand.evaluation.study_stats import minimum_detectable_effect
+
+    mde_12 = minimum_detectable_effect(0.2, 12, 0.05)
+    compared = pd.DataFrame([
+        {"arm": "x", "ref": "lora_all", "metric": "routine_f1", "personas": 12, "macro_delta": 0.1, "delta_sd": 0.2,
+         "mde": mde_12},
+        {"arm": "x", "ref": "lora_all", "metric": "cloze_top1", "personas": 12, "macro_delta": 0.1, "delta_sd": 0.2,
+         "mde": None}])
+    row = projected_mde(compared, "routine_f1").iloc[0]
+    assert row["mde_12"] == pytest.approx(mde_12)
+    assert row["mde_200"] == pytest.approx(minimum_detectable_effect(0.2, 200, 0.05))  # (1.96 + 0.84) x 0.2 / sqrt(200)
+    assert row["mde_200"] == pytest.approx(0.0396, abs=1e-3)

@@ -45,6 +45,19 @@ def compute_against_gain(costs, seeds, metrics=GAIN_METRICS):
     return pd.DataFrame(rows)
 
 
+def projected_mde(compared, metric, sizes=(12, 30, 100, 200)):
+    """Each primary-metric comparison's minimum detectable effect at other numbers of personas, from the
+    SD of its per-persona deltas as observed: the MDE the evaluation reported (80% power at its family's
+    strictest Holm level) scaled by sqrt(personas / n)."""
+    primary = compared[(compared["metric"] == metric) & (compared["personas"] > 0) & compared["mde"].notna()]
+    rows = []
+    for record in primary.to_dict("records"):
+        rows.append({"arm": record["arm"], "ref": record["ref"], "personas": record["personas"],
+                     "delta": record["macro_delta"], "delta_sd": record["delta_sd"],
+                     **{f"mde_{n}": record["mde"] * np.sqrt(record["personas"] / n) for n in sizes}})
+    return pd.DataFrame(rows)
+
+
 def memorization_gaps(memorization):
     """memorization.csv (arm, split, routine_f1, cloze_top1: macro means) as one row per arm with train,
     test and train - test for each metric."""
