@@ -1,6 +1,8 @@
-"""Train LoRA adapters: one per persona, one unified for all, or per persona on top of the unified one.
+"""Train adapters: LoRA one per persona, one unified for all, or per persona on top of the unified one; prefix tuning
+one unified or one per persona.
 
-    python scripts/train_lora_per_user.py --config configs/lora_training.json [--scope per_user|all|per_user_on_all]
+    python scripts/train_lora_per_user.py --config configs/lora_training.json
+        [--scope per_user|all|per_user_on_all|prefix_all|prefix_per_user]
         [--personas p1,p2 | --max_personas N] [--output_dir DIR] [--overwrite]
 
 The base model is loaded once. Each adapter trains on whole train-split dialogues (loss on
@@ -12,7 +14,8 @@ interrupted one. A persona that fails is reported and the loop goes on; the exit
 failed.
 
 training.parallel_personas = K > 1 trains K personas' adapters in one batched pass
-(adaptcommand/model/multi_lora.py); each still gets exactly its own updates and its own folder.
+(adaptcommand/model/multi_lora.py; the per_user and per_user_on_all scopes only: prefix scopes train
+one by one); each still gets exactly its own updates and its own folder.
 Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N ...` on CPU)
 split the persona list between them; the summary covers all of them.
 
@@ -23,6 +26,9 @@ section (or --output_dir):
   per_user         adapters.lora_per_user        (models/lora_per_user/seed_<s>/<persona_id>/)
   per_user_on_all  adapters.lora_per_user_on_all (models/lora_per_user_on_all/seed_<s>/<persona_id>/),
                    trained on the base model with the unified adapter of the same seed merged in
+  prefix_all       adapters.prefix_all           (models/prefix_all/seed_<s>/): PEFT prefix tuning (config
+                   section `prefix`: num_virtual_tokens, projection), with the same training core
+  prefix_per_user  adapters.prefix_per_user      (models/prefix_per_user/seed_<s>/<persona_id>/)
 """
 
 import argparse
@@ -38,7 +44,7 @@ from adaptcommand.evaluation.action_metrics import ActionExtractor
 from adaptcommand.evaluation.cloze import first_value_spans
 from adaptcommand.evaluation.routine_knowledge import message_actions
 from adaptcommand.model.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
-from adaptcommand.model.config import SCOPE_ARM, add_config_arguments, load_config
+from adaptcommand.model.config import PREFIX_ARMS, SCOPE_ARM, UNIFIED_ARMS, add_config_arguments, load_config
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_in_groups
 from adaptcommand.model.training import AdapterTrainer, forward_backward_rate, select_examples, tokenized_dialogs
@@ -77,7 +83,7 @@ def main():
     cfg = load_config(args.config, args.set)
     scope = args.scope or cfg["training"]["scope"]
     arm = SCOPE_ARM[scope]
-    if arm == "lora_all" and cfg["training"]["unified_epochs"] is not None:
+    if arm in UNIFIED_ARMS and cfg["training"]["unified_epochs"] is not None:
         cfg["training"]["epochs"] = cfg["training"]["unified_epochs"]
     output_dir = Path(args.output_dir or cfg["adapters"][arm])
     dialogs = load_dialogs(cfg["data"]["dialogs"])
@@ -86,7 +92,7 @@ def main():
     jobs = jobs_for(arm, splits, personas, output_dir, cfg["training"]["seeds"], cfg["training"]["max_train_sessions"])
     state = distributed_state()
     if state is not None:
-        if arm == "lora_all":  # one adapter: the main process trains it
+        if arm in UNIFIED_ARMS:  # one adapter: the main process trains it
             jobs = jobs if state.is_main_process else []
         else:
             with state.split_between_processes(jobs) as mine:
@@ -127,7 +133,8 @@ def main():
         print(f"{device_name(model.device)}: the model's forward+backward runs at {floor:.0f} tokens/s "
               f"(the floor under training's rate)")
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
-                 "prompt": cfg["prompt"], "lora": cfg["lora"], "training": cfg["training"],
+                 "prompt": cfg["prompt"], "training": cfg["training"],
+                 **({"prefix": cfg["prefix"]} if arm in PREFIX_ARMS else {"lora": cfg["lora"]}),
                  "device": device_name(model.device), "floor_tokens_per_second": floor}
         trainer = None
         for seed in dict.fromkeys(job.seed for job in todo):
@@ -141,10 +148,10 @@ def main():
                 model = merge_unified(model, unified)
                 seed_extra["on_unified_adapter"] = str(unified.resolve())  # load and merge it before this adapter
                 trainer = None
-            if cfg["training"]["parallel_personas"] > 1 and arm != "lora_all":
+            if cfg["training"]["parallel_personas"] > 1 and arm not in UNIFIED_ARMS + PREFIX_ARMS:
                 model = train_in_groups(model, tokenizer, seed_cfg, seed_jobs, examples, seed_extra, report)
                 continue
-            trainer = trainer or AdapterTrainer(model, tokenizer, seed_cfg, examples)
+            trainer = trainer or AdapterTrainer(model, tokenizer, seed_cfg, examples, arm)
             trainer.cfg = seed_cfg
             for job in tqdm(seed_jobs, desc=f"{scope} seed {seed}", unit="adapter"):
                 t0 = time.perf_counter()
@@ -153,7 +160,7 @@ def main():
                 except (UserError, ValueError, RuntimeError) as err:
                     report(job, None, f"{err} (after {time.perf_counter() - t0:.0f} s)")
 
-    summary = output_dir / "training_summary.csv" if arm != "lora_all" else output_dir.parent / "lora_all_training_summary.csv"
+    summary = output_dir / "training_summary.csv" if arm not in UNIFIED_ARMS else output_dir.parent / f"{arm}_training_summary.csv"
     rows = gather_rows(state, rows)
     if rows is None:
         return 0

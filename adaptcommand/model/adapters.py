@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaptcommand.data.data_io import UserError, atomic_path, write_json
+from adaptcommand.model.config import PREFIX_ARMS, UNIFIED_ARMS
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_log.json")
 
@@ -38,14 +39,27 @@ def lora_config(cfg):
                       target_modules=list(cfg["target_modules"]), bias="none", task_type="CAUSAL_LM")
 
 
+def prefix_config(cfg):
+    """peft.PrefixTuningConfig from the config's `prefix` section."""
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(num_virtual_tokens=cfg["num_virtual_tokens"], prefix_projection=cfg["projection"],
+                              task_type="CAUSAL_LM")
+
+
+def peft_config(cfg, arm):
+    """The PEFT config an adapter arm trains: prefix tuning for the prefix arms, LoRA for the others."""
+    return prefix_config(cfg["prefix"]) if arm in PREFIX_ARMS else lora_config(cfg["lora"])
+
+
 def is_complete(folder):
     return all((Path(folder) / name).is_file() for name in ADAPTER_FILES)
 
 
 def arm_folder(adapters_cfg, arm, persona=None, seed=0):
-    """Where an adapter arm keeps one seed's adapter: one folder for lora_all, one per persona for the others."""
+    """Where an adapter arm keeps one seed's adapter: one folder for a unified arm, one per persona for the others."""
     root = Path(adapters_cfg[arm]) / f"seed_{seed}"
-    return root if arm == "lora_all" else root / persona
+    return root if arm in UNIFIED_ARMS else root / persona
 
 
 def seeds_found(root):
@@ -76,7 +90,7 @@ def jobs_for(scope_arm, splits, personas, root, seeds, max_sessions=None):
     root = Path(root)
     jobs = []
     for seed in seeds:
-        if scope_arm == "lora_all":
+        if scope_arm in UNIFIED_ARMS:
             jobs.append(AdapterJob("all", [i for p in personas for i in first_sessions(splits[p]["train"], max_sessions)],
                                    [i for p in personas for i in splits[p]["val"]], seed, root / f"seed_{seed}"))
         else:

@@ -34,7 +34,11 @@ PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f
                    "device_recall", "numerical_exact", "numerical_within1", "numerical_coverage",
                    "categorical_accuracy", "categorical_coverage", "embedding_similarity", "rouge1", "rouge2", "rougeL",
                    "cloze_top1")
-SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all"}
+# prefix-tuning adapters (PEFT PrefixTuningConfig): trained by train_lora_per_user.py's prefix scopes
+PREFIX_ARMS = ("prefix_all", "prefix_per_user")
+UNIFIED_ARMS = ("lora_all", "prefix_all")  # one adapter over every persona's dialogues
+SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all",
+             "prefix_all": "prefix_all", "prefix_per_user": "prefix_per_user"}
 
 # section -> key -> (allowed types, default)
 SCHEMA = {
@@ -77,6 +81,10 @@ SCHEMA = {
         "dropout": (NUMBER, 0.05),
         "target_modules": (list, ["q_proj", "v_proj"]),
     },
+    "prefix": {                            # prefix tuning (the prefix scopes): trained key/value vectors per layer
+        "num_virtual_tokens": (int, 20),
+        "projection": (bool, False),           # PEFT's prefix_projection: the prefix through a 2-layer MLP
+    },
     "training": {
         "scope": (str, "per_user"),
         "learning_rate": (NUMBER, 5e-4),
@@ -99,6 +107,8 @@ SCHEMA = {
         "lora_all": (str, "models/lora_all"),
         "lora_per_user": (str, "models/lora_per_user"),
         "lora_per_user_on_all": (str, "models/lora_per_user_on_all"),
+        "prefix_all": (str, "models/prefix_all"),
+        "prefix_per_user": (str, "models/prefix_per_user"),
     },
     "arms": {
         "names": (list, ["echo", "oracle", *PROMPT_ARMS, *ADAPTER_ARMS]),
@@ -130,6 +140,7 @@ RANGES = {
     ("evaluation", "max_examples"): (1, None, True),
     ("evaluation", "sample_outputs"): (0, None, True),
     ("evaluation", "train_sessions"): (0, None, True),
+    ("prefix", "num_virtual_tokens"): (1, None, True),
     ("lora", "r"): (1, None, True),
     ("lora", "alpha"): (1, None, True),
     ("lora", "dropout"): (0, 0.99, True),

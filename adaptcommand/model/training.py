@@ -41,7 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from adaptcommand.data.data_io import UserError
-from adaptcommand.model.adapters import lora_config, save_adapter
+from adaptcommand.model.adapters import peft_config, save_adapter
+from adaptcommand.model.config import PREFIX_ARMS
 from adaptcommand.model.prompting import chat_messages, system_prompt
 
 IGNORE = -100
@@ -180,6 +181,18 @@ def collate(examples, pad_id):
     return input_ids, attention, labels
 
 
+def prefix_inputs(model, attention):
+    """(attention mask, extra decoder arguments) for a batch: for a prefix-tuning PEFT model its trained
+    key/value prefix becomes the cache the dialogue continues and the mask gets the prefix in front (what
+    PEFT's own forward does); for any other model the mask as it is and nothing more."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or config.peft_type != "PREFIX_TUNING":
+        return attention, {}
+    batch = attention.shape[0]
+    ones = torch.ones((batch, config.num_virtual_tokens), dtype=attention.dtype, device=attention.device)
+    return torch.cat([ones, attention], dim=1), {"cache": model.get_prompt(batch)}
+
+
 def _position_losses(model, input_ids, attention, targets, keep):
     """Cross-entropy of targets[keep] (targets: the next token of each position) and the row of each.
 
@@ -188,7 +201,8 @@ def _position_losses(model, input_ids, attention, targets, keep):
     tokens that carry a label.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    attention, extra = prefix_inputs(model, attention)
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention, **extra).last_hidden_state
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
     token_loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(targets)[keep]
@@ -405,10 +419,11 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
 
 
 class AdapterTrainer:
-    """Holds the base model once and trains a fresh PEFT adapter for each job, one after another."""
+    """Holds the base model once and trains a fresh PEFT adapter (LoRA, or prefix tuning for the prefix
+    arms) for each job, one after another."""
 
-    def __init__(self, model, tokenizer, cfg, examples):
-        self.model, self.tokenizer, self.cfg, self.examples = model, tokenizer, cfg, examples
+    def __init__(self, model, tokenizer, cfg, examples, arm="lora_per_user"):
+        self.model, self.tokenizer, self.cfg, self.examples, self.arm = model, tokenizer, cfg, examples, arm
         self.peft_model = None
 
     def train(self, job, extra_log):
@@ -428,18 +443,23 @@ class AdapterTrainer:
         return log
 
     def fresh_adapter(self, adapter):
-        """A new active LoRA adapter, initialised from the configured seed (same persona, same start)."""
+        """A new active adapter, initialised from the configured seed (same persona, same start). A prefix
+        adapter gets a fresh PEFT wrapper of its own: prefix tuning leaves the base model's modules as
+        they are, so wrapping it again costs nothing."""
         from peft import get_peft_model
 
         torch.manual_seed(self.cfg["training"]["seed"])
-        if self.peft_model is None:
-            self.peft_model = get_peft_model(self.model, lora_config(self.cfg["lora"]), adapter_name=adapter)
+        config = peft_config(self.cfg, self.arm)
+        if self.peft_model is None or self.arm in PREFIX_ARMS:
+            self.peft_model = get_peft_model(self.model, config, adapter_name=adapter)
         else:
-            self.peft_model.add_adapter(adapter, lora_config(self.cfg["lora"]))
+            self.peft_model.add_adapter(adapter, config)
             self.peft_model.set_adapter(adapter)
         return adapter
 
     def release(self, adapter):
         """Drop a finished adapter (PEFT keeps the last one: a model needs at least one)."""
-        if len(self.peft_model.peft_config) > 1:
+        if self.arm in PREFIX_ARMS:
+            self.peft_model = None
+        elif len(self.peft_model.peft_config) > 1:
             self.peft_model.delete_adapter(adapter)
