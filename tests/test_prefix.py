@@ -72,3 +72,120 @@ def test_prefix_scopes_train_resume_and_load(scope, tiny_model_dir, demo_files, 
     # a rerun skips the finished adapters (prefix scopes train one by one, parallel_personas aside)
     result = run_script("train_lora_per_user.py", *args)
     assert result.returncode == 0 and f"{len(folders)} already complete" in result.stdout
+
+
+def _prefix_model(model_dir, names=("a", "b")):
+    """A PEFT model holding random prefix adapters of these names (prefixes far from zero, so they matter)."""
+    from peft import get_peft_model
+
+    from adaptcommand.model.adapters import prefix_config
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(str(model_dir), device="cpu")
+    torch.manual_seed(0)
+    config = prefix_config({"num_virtual_tokens": 3, "projection": False})
+    peft_model = get_peft_model(model, config, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, config)
+    with torch.no_grad():
+        for name in names:
+            peft_model.prompt_encoder[name].embedding.weight.normal_(std=1.0)
+    return peft_model.eval(), tokenizer
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's forward, the reference
+def test_prefix_replies_equal_one_at_a_time_generate(tiny_arch_dir):
+    """Batched per-adapter replies equal each prompt generated alone; each prompt's first-step logits equal
+    PEFT's forward on it (what training optimises), padded or not. PEFT's own generate is not the
+    reference: with a prefix it places the prompt at other positions than its forward does (design.md)."""
+    from adaptcommand.model.config import defaults
+    from adaptcommand.model.generation import (
+        encode_prompts,
+        generate_texts,
+        generation_kwargs,
+        padded_batch,
+        prefix_generate,
+    )
+
+    model, tokenizer = _prefix_model(tiny_arch_dir)
+    prompts = [f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+               for text in ("Lights to 40%.", "Set the AC to 22 degrees in heat mode please.", "TV on.", "Warm light.")]
+    names = ["a", "b", "b", "a"]
+    gen_cfg = {**defaults()["generation"], "max_new_tokens": 6}
+    batched = generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=2, adapter_names=names, progress=False)
+    kwargs = generation_kwargs(model, tokenizer, gen_cfg)
+    alone = []
+    for ids, name in zip(encode_prompts(tokenizer, prompts), names):
+        model.set_adapter(name)
+        with torch.no_grad():
+            out = prefix_generate(model, torch.tensor([ids]), torch.ones((1, len(ids)), dtype=torch.long), kwargs)
+        alone.append(tokenizer.decode(out[0, 3 + len(ids):], skip_special_tokens=True).strip())
+    assert batched == alone
+
+    ids = encode_prompts(tokenizer, prompts[1:3])
+    first = {**generation_kwargs(model, tokenizer, {**gen_cfg, "max_new_tokens": 1}), "output_logits": True,
+             "return_dict_in_generate": True}
+    model.set_adapter("b")
+    input_ids, attention = padded_batch(tokenizer, ids, "cpu")
+    with torch.no_grad():
+        together = prefix_generate(model, input_ids, attention, first).logits[0]
+        for row in range(2):
+            forward = model(input_ids=torch.tensor([ids[row]])).logits[0, -1]
+            torch.testing.assert_close(together[row], forward, atol=1e-4, rtol=1e-4)
+        model.set_adapter("a")
+        other = prefix_generate(model, input_ids, attention, first).logits[0]
+    assert not torch.allclose(together, other, atol=1e-3)  # the adapters make a difference
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's forward, the reference
+def test_prefix_cloze_scores_equal_full_sequence_scores(tiny_arch_dir):
+    from adaptcommand.evaluation.cloze import shared_prefix_logprobs
+
+    model, tokenizer = _prefix_model(tiny_arch_dir)
+    sequences = [([5, 17, 42, 8, 9], [[3], [4, 11], [6]]), ([5, 17, 42, 8, 9, 30, 31], [[12, 2], [7]])]
+    for name in ("a", "b"):
+        scores = shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, name)
+        model.set_adapter(name)
+        for (prefix, tails), got in zip(sequences, scores):
+            for tail, score in zip(tails, got):
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(input_ids=torch.tensor([prefix + tail])).logits[0].float(), dim=-1)
+                full = sum(float(logp[len(prefix) + j - 1, tok]) for j, tok in enumerate(tail))
+                assert score == pytest.approx(full, abs=1e-4)
+    assert shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, "a") != \
+        shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, "b")
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's generate
+def test_eval_compares_prefix_arms_and_skips_unusable_ones(tiny_model_dir, demo_files, tmp_path):
+    import csv
+
+    from adaptcommand.model.adapters import save_adapter
+
+    model, _ = _prefix_model(tiny_model_dir, names=("x",))
+    models = tmp_path / "models"
+    save_adapter(model, "x", models / "prefix_all" / "seed_0", {"note": "random"})
+    for persona in ("persona_000", "persona_001", "persona_002"):
+        save_adapter(model, "x", models / "prefix_per_user" / "seed_0" / persona, {"note": "random"})
+    broken = models / "prefix_per_user" / "seed_0" / "persona_002" / "adapter_config.json"
+    broken.write_text(broken.read_text().replace('"num_layers": 2', '"num_layers": 12'))  # another base model
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "generation": {"max_new_tokens": 3, "batch_size": 8},
+        "adapters": {"prefix_all": str(models / "prefix_all"), "prefix_per_user": str(models / "prefix_per_user")},
+        "arms": {"names": ["oracle", "baseline", "prefix_all", "prefix_per_user"], "n_bootstrap": 100}}))
+    out = tmp_path / "results"
+    result = run_script("eval_lora.py", "--config", config, "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    assert "prefix_per_user: unusable adapter" in result.stdout and "another base model" in result.stdout
+    summary = json.loads((out / "arm_metrics.json").read_text())
+    arms = summary["arms"]
+    assert arms["prefix_all"]["personas"] == 3 and arms["prefix_per_user"]["personas"] == 2
+    assert arms["prefix_all"]["cloze_top1"] is not None and arms["prefix_per_user"]["cloze_top1"] is not None
+    assert set(summary["best_on_val_choice"].values()) <= {"baseline", "prefix_all", "prefix_per_user"}
+    compared = {(r["arm"], r["ref"]) for r in csv.DictReader((out / "comparison.csv").open()) if r["metric"] == "routine_f1"}
+    assert {("prefix_all", "baseline"), ("prefix_per_user", "baseline"), ("best_on_val", "baseline")} <= compared
+    replies = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {r["arm"] for r in replies} >= {"prefix_all", "prefix_per_user"}

@@ -4,8 +4,9 @@ Prompt arms (baseline, character, retrieval) run on the base model. Adapter arms
 PEFT adapters loaded into one model: the unified adapter and every per-user adapter, of every
 training seed found, sit side by side and each row of a batch names its own (`adapter_names`).
 Per-user adapters trained on top of the unified one need the unified adapter of their seed merged
-into the base first, so they get another copy of the model per seed: a `ModelGroup` is one loaded
-model and the arms it serves. Reference policies (echo, oracle, silent) need no model at all.
+into the base first, so they get another copy of the model per seed; prefix-tuning adapters (the
+prefix arms) get one more copy (PEFT keeps prefix and LoRA adapters apart, and runs prefix adapters
+one at a time): a `ModelGroup` is one loaded model and the arms it serves. Reference policies (echo, oracle, silent) need no model at all.
 """
 
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from adaptcommand.model.adapters import (
     merge_unified,
     seeds_found,
 )
-from adaptcommand.model.config import ADAPTER_ARMS, PROMPT_ARMS, arm_prompt
+from adaptcommand.model.config import ADAPTER_ARMS, PREFIX_ARMS, PROMPT_ARMS, arm_prompt
 from adaptcommand.model.modeling import load_model_and_tokenizer
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -30,8 +31,8 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 def adapter_name(arm, persona=None, seed=0):
     """PEFT adapter names: no dots, and never containing 'lora_' (PEFT would re-initialise them)."""
-    return {"lora_all": "unified", "lora_per_user": f"user_{persona}", "lora_per_user_on_all": f"onall_{persona}"}[arm] \
-        + f"_s{seed}"
+    return {"lora_all": "unified", "lora_per_user": f"user_{persona}", "lora_per_user_on_all": f"onall_{persona}",
+            "prefix_all": "prefixall", "prefix_per_user": f"prefix_{persona}"}[arm] + f"_s{seed}"
 
 
 @dataclass
@@ -129,6 +130,9 @@ def load_model_groups(cfg, arms, availability):
     if "lora_per_user_on_all" in arms:
         for seed in availability["lora_per_user_on_all"].seeds():
             groups.append(group(f"on_unified_s{seed}", ["lora_per_user_on_all"], seed))
+    prefix = [a for a in arms if a in PREFIX_ARMS and availability[a].found]
+    if prefix:  # PEFT does not hold prefix and LoRA adapters in one model: a copy of the base of their own
+        groups.append(group("prefix", prefix))
     return [g for g in groups if g is not None]
 
 

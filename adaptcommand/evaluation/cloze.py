@@ -31,6 +31,7 @@ import torch
 from adaptcommand.data.schema import DEVICES
 from adaptcommand.evaluation.action_metrics import prescribed_settings
 from adaptcommand.evaluation.routine_knowledge import EVERYONE
+from adaptcommand.model.adapters import is_prefix_tuned, prefix_inputs
 from adaptcommand.model.generation import turn_cache
 from adaptcommand.model.prompting import build_turn_messages
 
@@ -188,6 +189,11 @@ def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
     """
     device = next(model.parameters()).device
     names = {} if adapter is None else {"adapter_names": [adapter]}
+    runner, offset = model, 0
+    if adapter is not None and adapter in getattr(model, "peft_config", {}) and \
+            model.peft_config[adapter].peft_type == "PREFIX_TUNING":  # its prefix sits in front of the cache
+        model.set_adapter(adapter)
+        runner, names, offset = model.get_base_model(), {}, model.peft_config[adapter].num_virtual_tokens
     scores = [None] * len(sequences)
     for lead in sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0])):
         if scores[lead] is not None:
@@ -196,18 +202,21 @@ def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
         members = [i for i, (prefix, _) in enumerate(sequences)
                    if scores[i] is None and longest[:len(prefix)] == prefix]
         positions = sorted({len(sequences[i][0]) - 1 for i in members})
-        out = model(input_ids=torch.tensor([longest], device=device), use_cache=True,
-                    logits_to_keep=torch.tensor(positions, device=device), **names)
+        mask, prefix = prefix_inputs(model, torch.ones((1, len(longest)), dtype=torch.long, device=device))
+        out = runner(input_ids=torch.tensor([longest], device=device), attention_mask=mask, use_cache=True,
+                     logits_to_keep=torch.tensor(positions, device=device), **prefix, **names)
         first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
         for i in members:
             prefix, tails = sequences[i]
-            scores[i] = _tail_logprobs(model, out.cache, len(prefix), first[len(prefix) - 1], tails, pad_id, adapter)
+            scores[i] = _tail_logprobs(model, out.cache, offset + len(prefix), first[len(prefix) - 1], tails, pad_id,
+                                       None if offset else adapter)
     return scores
 
 
 def _tail_logprobs(model, cache, length, first, tails, pad_id, adapter):
-    """Each tail's log-probability after the first `length` tokens of a one-row cache (first: the
-    log-probabilities of the token after them)."""
+    """Each tail's log-probability after the first `length` cached positions of a one-row cache (first: the
+    log-probabilities of the token after them). A prefix-tuned model's cache already holds its prefix, so
+    the tails run through its base model (adapter None), which would otherwise prepend the prefix again."""
     device = first.device
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
@@ -218,7 +227,8 @@ def _tail_logprobs(model, cache, length, first, tails, pad_id, adapter):
         mask[row, length: length + len(tail)] = 1
     names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
     rows = turn_cache(model, [(cache, 0, 0)] * len(tails), [length] * len(tails))
-    logits = model(input_ids=ids, attention_mask=mask, cache=rows, **names).logits.float()
+    runner = model.get_base_model() if adapter is None and is_prefix_tuned(model) else model
+    logits = runner(input_ids=ids, attention_mask=mask, cache=rows, **names).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     scores = []
     for row, tail in enumerate(tails):

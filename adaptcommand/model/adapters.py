@@ -52,6 +52,27 @@ def peft_config(cfg, arm):
     return prefix_config(cfg["prefix"]) if arm in PREFIX_ARMS else lora_config(cfg["lora"])
 
 
+def is_prefix_tuned(model):
+    """Whether a PEFT model's active adapter is a prefix-tuning one (its prefix is a key/value cache the
+    input continues, not weights in the modules)."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.peft_type == "PREFIX_TUNING"
+
+
+def prefix_inputs(model, attention):
+    """(attention mask, extra decoder arguments) for a batch: for a prefix-tuning PEFT model its trained
+    key/value prefix becomes the cache the dialogue continues and the mask gets the prefix in front (what
+    PEFT's own forward does); for any other model the mask as it is and nothing more."""
+    if not is_prefix_tuned(model):
+        return attention, {}
+    config = model.active_peft_config
+    import torch
+
+    batch = attention.shape[0]
+    ones = torch.ones((batch, config.num_virtual_tokens), dtype=attention.dtype, device=attention.device)
+    return torch.cat([ones, attention], dim=1), {"cache": model.get_prompt(batch)}
+
+
 def is_complete(folder):
     return all((Path(folder) / name).is_file() for name in ADAPTER_FILES)
 
@@ -126,6 +147,8 @@ def adapter_problem(folder, model):
         weights = load_file(str(folder / "adapter_model.safetensors"))
     except (OSError, SafetensorError, ValueError, RuntimeError) as err:
         return f"adapter_model.safetensors corrupt or truncated ({str(err).splitlines()[0][:120]})"
+    if config.get("peft_type") == "PREFIX_TUNING":
+        return _prefix_problem(config, model)
     modules = dict(model.named_modules())
     names = {name.rsplit(".", 1)[-1] for name in modules}
     targets = config.get("target_modules") or []
@@ -166,6 +189,18 @@ def write_training_curves(folder, log):
                     writer.add_scalar(f"val/{key.removeprefix('val_')}", epoch[key], epoch["optimizer_steps"])
     finally:
         writer.close()
+
+
+def _prefix_problem(config, model):
+    """Why a prefix adapter's config does not fit the model (layers, key/value width), or None."""
+    base = model.config
+    layers = base.num_hidden_layers
+    kv_width = getattr(base, "num_key_value_heads", None) or base.num_attention_heads
+    kv_width *= getattr(base, "head_dim", None) or base.hidden_size // base.num_attention_heads
+    if config.get("num_layers") != layers or config.get("token_dim") != kv_width:
+        return (f"prefix for {config.get('num_layers')} layers of width {config.get('token_dim')}, the model has {layers} "
+                f"of width {kv_width}: trained for another base model ({config.get('base_model_name_or_path')})")
+    return None
 
 
 def save_adapter(peft_model, adapter_name, folder, log):

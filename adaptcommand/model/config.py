@@ -27,7 +27,7 @@ SYSTEM_TEMPLATE = (
 PROMPT_ARMS = ("baseline", "character", "retrieval")
 # reference replies that need no model (adaptcommand/evaluation/routine_knowledge.py)
 POLICY_ARMS = ("silent", "echo", "echo_assistant", "rotate_usual", "oracle", "user_usual", "everyone_usual")
-ADAPTER_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
+LORA_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
 # per-persona metrics the evaluation reports, any of which a config may name as arms.primary_metric
 PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
                    "param_private_f1", "param_precision", "param_recall", "device_f1", "device_precision",
@@ -36,6 +36,7 @@ PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f
                    "cloze_top1")
 # prefix-tuning adapters (PEFT PrefixTuningConfig): trained by train_lora_per_user.py's prefix scopes
 PREFIX_ARMS = ("prefix_all", "prefix_per_user")
+ADAPTER_ARMS = LORA_ARMS + PREFIX_ARMS
 UNIFIED_ARMS = ("lora_all", "prefix_all")  # one adapter over every persona's dialogues
 SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all",
              "prefix_all": "prefix_all", "prefix_per_user": "prefix_per_user"}
@@ -111,7 +112,7 @@ SCHEMA = {
         "prefix_per_user": (str, "models/prefix_per_user"),
     },
     "arms": {
-        "names": (list, ["echo", "oracle", *PROMPT_ARMS, *ADAPTER_ARMS]),
+        "names": (list, ["echo", "oracle", *PROMPT_ARMS, *LORA_ARMS]),
         "best_on_val": (bool, True),
         "primary_metric": (str, "routine_f1"),
         "n_bootstrap": (int, 2000),

@@ -13,13 +13,17 @@ count only real tokens, so each turn sees exactly the cache a fresh prefill of i
 With PEFT adapters loaded into one model, `adapter_names` gives each prompt its own adapter (an
 adapter changes K and V, so a chain never crosses adapters): chains are ordered by adapter so
 most batches run one adapter directly and only boundary batches mix adapters (PEFT routes each
-row of a mixed batch through its own adapter).
+row of a mixed batch through its own adapter). Prefix-tuned adapters (the prefix arms) are the
+exception: PEFT runs one at a time, and their prefix sits in front of the cache, so their prompts
+are generated per adapter, each prompt prefilled after the prefix (`prefix_generate`).
 """
 
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from adaptcommand.model.adapters import is_prefix_tuned, prefix_inputs
 
 
 def stop_token_ids(model, tokenizer):
@@ -140,6 +144,48 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
         bar.update(len(prompts))
 
 
+def prefix_generate(model, input_ids, attention, kwargs):
+    """generate() for a left-padded batch through a prefix-tuned PEFT model's active adapter: its prefix is
+    the cache the prompt continues (filler ids stand for it) and positions count only real tokens, so a
+    padded row gets what it gets alone. (PEFT's own generate counts the pads of a padded row as positions.)
+    Returns generate's output: the filler, the prompt, then the new tokens."""
+    import torch
+
+    batch, virtual = input_ids.shape[0], model.active_peft_config.num_virtual_tokens
+    mask, prefix = prefix_inputs(model, attention)
+    filler = torch.full((batch, virtual), kwargs["pad_token_id"], dtype=input_ids.dtype, device=input_ids.device)
+    return model.get_base_model().generate(input_ids=torch.cat([filler, input_ids], dim=1), attention_mask=mask,
+                                           **prefix, **kwargs)
+
+
+def _generate_by_adapter(model, tokenizer, ids, gen_cfg, batch_size, adapter_names, stats, on_replies, bar):
+    """Prefix-tuned adapters: PEFT cannot mix them in one batch, and their prefix sits in front of the
+    cache, so each adapter's prompts are generated in batches of their own (shortest first, so a batch
+    holds similar lengths), every prompt prefilled (`prefix_generate`)."""
+    kwargs = generation_kwargs(model, tokenizer, gen_cfg)
+    if gen_cfg["do_sample"]:
+        torch.manual_seed(gen_cfg["seed"])
+    names = adapter_names or [model.active_adapter] * len(ids)
+    replies = [None] * len(ids)
+    for name in dict.fromkeys(names):
+        model.set_adapter(name)
+        mine = sorted((i for i, n in enumerate(names) if n == name), key=lambda i: len(ids[i]))
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start:start + batch_size]
+            tokens, mask = padded_batch(tokenizer, [ids[i] for i in batch], next(model.parameters()).device)
+            out = prefix_generate(model, tokens, mask, kwargs)
+            stats.prefilled += int(mask.sum())
+            new_tokens = out[:, model.active_peft_config.num_virtual_tokens + tokens.shape[1]:]
+            for i, generated in zip(batch, new_tokens):
+                replies[i] = tokenizer.decode(generated, skip_special_tokens=True).strip()
+                stats.generated += int((generated != tokenizer.pad_token_id).sum())
+            if on_replies is not None:
+                on_replies(batch, [replies[i] for i in batch])
+            bar.update(len(batch))
+    bar.close()
+    return replies
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_names=None,
                    desc="generating", progress=True, chain_keys=None, stats=None, on_replies=None):
@@ -152,6 +198,9 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
     batch_size = batch_size or gen_cfg["batch_size"]
     stats = stats if stats is not None else GenerationStats()
     ids = encode_prompts(tokenizer, prompts)
+    if is_prefix_tuned(model):
+        return _generate_by_adapter(model, tokenizer, ids, gen_cfg, batch_size, adapter_names, stats, on_replies,
+                                    tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress))
     keys = chain_keys if chain_keys is not None else range(len(prompts))
     if adapter_names is not None:
         keys = [(name, key) for name, key in zip(adapter_names, keys)]

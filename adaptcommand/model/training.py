@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adaptcommand.data.data_io import UserError
-from adaptcommand.model.adapters import peft_config, save_adapter
+from adaptcommand.model.adapters import peft_config, prefix_inputs, save_adapter
 from adaptcommand.model.config import PREFIX_ARMS
 from adaptcommand.model.prompting import chat_messages, system_prompt
 
@@ -179,18 +179,6 @@ def collate(examples, pad_id):
         labels[row, :n] = torch.tensor(e["labels"])
         attention[row, :n] = 1
     return input_ids, attention, labels
-
-
-def prefix_inputs(model, attention):
-    """(attention mask, extra decoder arguments) for a batch: for a prefix-tuning PEFT model its trained
-    key/value prefix becomes the cache the dialogue continues and the mask gets the prefix in front (what
-    PEFT's own forward does); for any other model the mask as it is and nothing more."""
-    config = getattr(model, "active_peft_config", None)
-    if config is None or config.peft_type != "PREFIX_TUNING":
-        return attention, {}
-    batch = attention.shape[0]
-    ones = torch.ones((batch, config.num_virtual_tokens), dtype=attention.dtype, device=attention.device)
-    return torch.cat([ones, attention], dim=1), {"cache": model.get_prompt(batch)}
 
 
 def _position_losses(model, input_ids, attention, targets, keep):
