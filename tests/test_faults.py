@@ -129,6 +129,7 @@ def _counts(stdout):
 def _outputs(folder):
     summary = json.loads((folder / "arm_metrics.json").read_text())
     summary.pop("seconds")
+    summary.pop("stage_seconds")  # wall times of this run
     rows = list(csv.DictReader((folder / "per_persona.csv").open()))
     return summary, rows, (folder / "comparison.csv").read_text()
 
