@@ -15,7 +15,8 @@ categories, or every integer of the parameter's range. Only knowledge can win:
 An item is correct when the user's actual value has the highest log-probability.
 
 No generation: one forward pass over the prefix and one over the candidates from its KV cache; the
-items of one dialogue share one prefill where their prompts extend each other, so it is cheap on a CPU, and it measures knowledge even where replies ask back.
+items of one dialogue share one prefill where their prompts extend each other. So it is cheap on a
+CPU, and it measures knowledge even where replies ask back.
 Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
 always answering the most common value of that parameter in every user's train dialogues
 (majority), and always answering this user's own most common train value (habit; the population's
@@ -31,7 +32,7 @@ import torch
 from adaptcommand.data.schema import DEVICES
 from adaptcommand.evaluation.action_metrics import prescribed_settings
 from adaptcommand.evaluation.routine_knowledge import EVERYONE
-from adaptcommand.model.adapters import is_prefix_tuned, prefix_inputs
+from adaptcommand.model.adapters import prefix_inputs
 from adaptcommand.model.generation import turn_cache
 from adaptcommand.model.prompting import build_turn_messages
 
@@ -208,15 +209,15 @@ def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
         first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
         for i in members:
             prefix, tails = sequences[i]
-            scores[i] = _tail_logprobs(model, out.cache, offset + len(prefix), first[len(prefix) - 1], tails, pad_id,
-                                       None if offset else adapter)
+            scores[i] = _tail_logprobs(runner, out.cache, offset + len(prefix), first[len(prefix) - 1], tails, pad_id,
+                                       names.get("adapter_names", [None])[0])
     return scores
 
 
-def _tail_logprobs(model, cache, length, first, tails, pad_id, adapter):
+def _tail_logprobs(runner, cache, length, first, tails, pad_id, adapter):
     """Each tail's log-probability after the first `length` cached positions of a one-row cache (first: the
-    log-probabilities of the token after them). A prefix-tuned model's cache already holds its prefix, so
-    the tails run through its base model (adapter None), which would otherwise prepend the prefix again."""
+    log-probabilities of the token after them), run through `runner`: for a prefix-tuned model its base
+    model, since the cache already holds the prefix that the PEFT model would prepend again."""
     device = first.device
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
@@ -226,8 +227,7 @@ def _tail_logprobs(model, cache, length, first, tails, pad_id, adapter):
         ids[row, : len(tail)] = torch.tensor(tail, device=device)
         mask[row, length: length + len(tail)] = 1
     names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
-    rows = turn_cache(model, [(cache, 0, 0)] * len(tails), [length] * len(tails))
-    runner = model.get_base_model() if adapter is None and is_prefix_tuned(model) else model
+    rows = turn_cache(runner, [(cache, 0, 0)] * len(tails), [length] * len(tails))
     logits = runner(input_ids=ids, attention_mask=mask, cache=rows, **names).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     scores = []
