@@ -63,11 +63,11 @@ def prefix_inputs(model, attention):
     """(attention mask, extra decoder arguments) for a batch: for a prefix-tuning PEFT model its trained
     key/value prefix becomes the cache the dialogue continues and the mask gets the prefix in front (what
     PEFT's own forward does); for any other model the mask as it is and nothing more."""
+    import torch
+
     if not is_prefix_tuned(model):
         return attention, {}
     config = model.active_peft_config
-    import torch
-
     batch = attention.shape[0]
     ones = torch.ones((batch, config.num_virtual_tokens), dtype=attention.dtype, device=attention.device)
     return torch.cat([ones, attention], dim=1), {"cache": model.get_prompt(batch)}
