@@ -137,6 +137,43 @@ def test_prefix_replies_equal_one_at_a_time_generate(tiny_arch_dir):
     assert not torch.allclose(together, other, atol=1e-3)  # the adapters make a difference
 
 
+def test_prefix_replies_in_chains_equal_each_prompt_alone(tiny_arch_dir):
+    """A dialogue's turns through a prefix adapter: its longest prompt is prefilled once after the prefix and
+    each turn decodes from its slice of that cache, with the replies each prompt gets alone."""
+    from adaptcommand.model.config import defaults
+    from adaptcommand.model.generation import (
+        GenerationStats,
+        encode_prompts,
+        generate_texts,
+        generation_kwargs,
+        prefix_generate,
+    )
+
+    model, tokenizer = _prefix_model(tiny_arch_dir)
+    turns = ["Lights to 40%.", "Warmer please.", "And the AC to 22 in heat mode."]
+    prompts, history = [], ""
+    for text in turns:
+        history += f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+        prompts.append(history)
+        history += "Done.<|im_end|>\n"
+    prompts = prompts + prompts[:2]  # the same dialogue through the other adapter: its own chain
+    names = ["a", "a", "a", "b", "b"]
+    gen_cfg = {**defaults()["generation"], "max_new_tokens": 5}
+    stats = GenerationStats()
+    chained = generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=2, adapter_names=names, progress=False,
+                             chain_keys=[0] * len(prompts), stats=stats)
+    ids = encode_prompts(tokenizer, prompts)
+    assert stats.prefilled == len(ids[2]) + len(ids[4])  # each adapter's longest prompt once
+    kwargs = generation_kwargs(model, tokenizer, gen_cfg)
+    alone = []
+    for one, name in zip(ids, names):
+        model.set_adapter(name)
+        with torch.no_grad():
+            out = prefix_generate(model, torch.tensor([one]), torch.ones((1, len(one)), dtype=torch.long), kwargs)
+        alone.append(tokenizer.decode(out[0, 3 + len(one):], skip_special_tokens=True).strip())
+    assert chained == alone
+
+
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's forward, the reference
 def test_prefix_cloze_scores_equal_full_sequence_scores(tiny_arch_dir):
     from adaptcommand.evaluation.cloze import shared_prefix_logprobs

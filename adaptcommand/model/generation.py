@@ -13,12 +13,14 @@ count only real tokens, so each turn sees exactly the cache a fresh prefill of i
 With PEFT adapters loaded into one model, `adapter_names` gives each prompt its own adapter (an
 adapter changes K and V, so a chain never crosses adapters): chains are ordered by adapter so
 most batches run one adapter directly and only boundary batches mix adapters (PEFT routes each
-row of a mixed batch through its own adapter). Prefix-tuned adapters (the prefix arms) are the
-exception: PEFT runs one at a time, and their prefix sits in front of the cache, so their prompts
-are generated per adapter, each prompt prefilled after the prefix (`prefix_generate`).
+row of a mixed batch through its own adapter). Prefix-tuned adapters (the prefix arms) run one
+adapter at a time (PEFT cannot mix them in a batch): each adapter's chains go through the same
+path, with the adapter's trained prefix at the front of every cache (`prefix_front`) and the
+prompt's positions counted after it, as PEFT's forward counts them.
 """
 
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 from tqdm.auto import tqdm
@@ -93,15 +95,26 @@ def prompt_chains(ids, keys):
     return chains
 
 
+def prefix_front(model):
+    """How many cache positions come before the prompt: a prefix-tuned model's virtual tokens, else 0."""
+    return model.active_peft_config.num_virtual_tokens if is_prefix_tuned(model) else 0
+
+
 def _forward_cache(model, tokens, mask, names):
-    """The key/value cache of a left-padded batch (logits only at the last position: they are not needed)."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pads do not count, as generate() counts them
+    """The key/value cache of a left-padded batch (logits only at the last position: they are not needed).
+    For a prefix-tuned model it is the active adapter's prefix followed by the batch's tokens."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) + prefix_front(model)  # pads do not count, as generate() counts
+    if is_prefix_tuned(model):
+        full_mask, prefix = prefix_inputs(model, mask)
+        return model.get_base_model()(input_ids=tokens, attention_mask=full_mask, position_ids=positions,
+                                      use_cache=True, logits_to_keep=1, **prefix).cache
     return _routed(model, names, lambda **extra: model(input_ids=tokens, attention_mask=mask, position_ids=positions,
                                                        use_cache=True, logits_to_keep=1, **extra).cache)
 
 
-def turn_cache(model, sources, lengths):
-    """A left-padded cache for a batch of turns: row r holds sources[r] = (cache, row, pad)'s first lengths[r] tokens."""
+def turn_cache(model, sources, lengths, front=0):
+    """A left-padded cache for a batch of turns: row r holds sources[r] = (cache, row, pad)'s first front
+    positions (a prefix; they sit before the pads) and then its first lengths[r] tokens after the pads."""
     from transformers import DynamicCache
 
     width = max(lengths)
@@ -109,10 +122,10 @@ def turn_cache(model, sources, lengths):
     for layer in range(len(sources[0][0].layers)):
         keys, values = [], []
         for (source, row, pad), length in zip(sources, lengths):
-            k = source.layers[layer].keys[row, :, pad:pad + length]
-            v = source.layers[layer].values[row, :, pad:pad + length]
-            keys.append(torch.nn.functional.pad(k, (0, 0, width - length, 0)))
-            values.append(torch.nn.functional.pad(v, (0, 0, width - length, 0)))
+            for kept, tensor in ((keys, source.layers[layer].keys), (values, source.layers[layer].values)):
+                tokens = torch.nn.functional.pad(tensor[row, :, front + pad:front + pad + length],
+                                                 (0, 0, width - length, 0))
+                kept.append(torch.cat([tensor[row, :, :front], tokens], dim=1))
         cache.update(torch.stack(keys), torch.stack(values), layer)
     return cache
 
@@ -133,10 +146,14 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
         turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
-        rows_cache = turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts])
-        out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
-                        rows_cache)
-        for i, generated in zip(prompts, out[:, turn_tokens.shape[1]:]):
+        rows_cache = turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts],
+                                prefix_front(model))
+        if is_prefix_tuned(model):
+            out = prefix_generate(model, turn_tokens, turn_mask, kwargs, rows_cache)
+        else:
+            out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
+                            rows_cache)
+        for i, generated in zip(prompts, out[:, prefix_front(model) + turn_tokens.shape[1]:]):
             replies[i] = tokenizer.decode(generated, skip_special_tokens=True).strip()
             stats.generated += int((generated != tokenizer.pad_token_id).sum())
         if on_replies is not None:
@@ -144,46 +161,17 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
         bar.update(len(prompts))
 
 
-def prefix_generate(model, input_ids, attention, kwargs):
+def prefix_generate(model, input_ids, attention, kwargs, cache=None):
     """generate() for a left-padded batch through a prefix-tuned PEFT model's active adapter: its prefix is
-    the cache the prompt continues (filler ids stand for it) and positions count only real tokens, so a
-    padded row gets what it gets alone. (PEFT's own generate counts the pads of a padded row as positions.)
-    Returns generate's output: the filler, the prompt, then the new tokens."""
-    import torch
-
-    batch, virtual = input_ids.shape[0], model.active_peft_config.num_virtual_tokens
+    the cache the prompt continues (filler ids stand for it; `cache`, if given, already holds the prefix and
+    part of the prompt) and positions count only real tokens, so a padded row gets what it gets alone.
+    (PEFT's own generate counts the pads of a padded row as positions.) Returns generate's output: the
+    filler, the prompt, then the new tokens."""
+    batch, virtual = input_ids.shape[0], prefix_front(model)
     mask, prefix = prefix_inputs(model, attention)
     filler = torch.full((batch, virtual), kwargs["pad_token_id"], dtype=input_ids.dtype, device=input_ids.device)
     return model.get_base_model().generate(input_ids=torch.cat([filler, input_ids], dim=1), attention_mask=mask,
-                                           **prefix, **kwargs)
-
-
-def _generate_by_adapter(model, tokenizer, ids, gen_cfg, batch_size, adapter_names, stats, on_replies, bar):
-    """Prefix-tuned adapters: PEFT cannot mix them in one batch, and their prefix sits in front of the
-    cache, so each adapter's prompts are generated in batches of their own (shortest first, so a batch
-    holds similar lengths), every prompt prefilled (`prefix_generate`)."""
-    kwargs = generation_kwargs(model, tokenizer, gen_cfg)
-    if gen_cfg["do_sample"]:
-        torch.manual_seed(gen_cfg["seed"])
-    names = adapter_names or [model.active_adapter] * len(ids)
-    replies = [None] * len(ids)
-    for name in dict.fromkeys(names):
-        model.set_adapter(name)
-        mine = sorted((i for i, n in enumerate(names) if n == name), key=lambda i: len(ids[i]))
-        for start in range(0, len(mine), batch_size):
-            batch = mine[start:start + batch_size]
-            tokens, mask = padded_batch(tokenizer, [ids[i] for i in batch], next(model.parameters()).device)
-            out = prefix_generate(model, tokens, mask, kwargs)
-            stats.prefilled += int(mask.sum())
-            new_tokens = out[:, model.active_peft_config.num_virtual_tokens + tokens.shape[1]:]
-            for i, generated in zip(batch, new_tokens):
-                replies[i] = tokenizer.decode(generated, skip_special_tokens=True).strip()
-                stats.generated += int((generated != tokenizer.pad_token_id).sum())
-            if on_replies is not None:
-                on_replies(batch, [replies[i] for i in batch])
-            bar.update(len(batch))
-    bar.close()
-    return replies
+                                           **(prefix if cache is None else {"cache": cache}), **kwargs)
 
 
 @torch.inference_mode()
@@ -198,9 +186,6 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
     batch_size = batch_size or gen_cfg["batch_size"]
     stats = stats if stats is not None else GenerationStats()
     ids = encode_prompts(tokenizer, prompts)
-    if is_prefix_tuned(model):
-        return _generate_by_adapter(model, tokenizer, ids, gen_cfg, batch_size, adapter_names, stats, on_replies,
-                                    tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress))
     keys = chain_keys if chain_keys is not None else range(len(prompts))
     if adapter_names is not None:
         keys = [(name, key) for name, key in zip(adapter_names, keys)]
@@ -212,14 +197,27 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
         torch.manual_seed(gen_cfg["seed"])
     replies = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress)
-    # chains in groups holding about batch_size turns: one prefill for the group, then its turns in batches
-    group = []
-    for chain in chains + [None]:
-        if group and (chain is None or sum(map(len, group)) + len(chain) > batch_size):
+    if is_prefix_tuned(model):  # one prefix adapter at a time: each adapter's chains on their own
+        for name, its_chains in groupby(chains, key=lambda c: adapter_names[c[0]] if adapter_names else None):
+            if name is not None:
+                model.set_adapter(name)
+            for group in _chain_groups(list(its_chains), batch_size):
+                _run_chains(model, tokenizer, ids, group, None, kwargs, replies, stats, bar, on_replies, batch_size)
+    else:
+        for group in _chain_groups(chains, batch_size):
             _run_chains(model, tokenizer, ids, group, adapter_names, kwargs, replies, stats, bar, on_replies,
                         batch_size)
-            group = []
-        if chain is not None:
-            group.append(chain)
     bar.close()
     return replies
+
+
+def _chain_groups(chains, batch_size):
+    """Chains in groups holding about batch_size turns: one prefill per group, then its turns in batches."""
+    group = []
+    for chain in chains:
+        if group and sum(map(len, group)) + len(chain) > batch_size:
+            yield group
+            group = []
+        group.append(chain)
+    if group:
+        yield group
