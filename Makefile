@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo policy-table controls control-positive control-negative control-diagnosis learning-curve bench
+.PHONY: setup test demo-data demo demo-prefix policy-table controls control-positive control-negative control-diagnosis learning-curve bench
 
 setup:
 	python3 -m venv .venv
@@ -33,6 +33,17 @@ demo: demo-data
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all --personas $(DEMO_USERS)
 	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo
 	$(PY) scripts/analyze_results.py --results results/demo --label "synthetic demo data"
+
+# The prefix-tuning arms on the demo data (synthetic; after `make demo`, whose LoRA adapters it compares them
+# with): a unified and per-user prefixes, evaluated beside the LoRA arms and the model-free policies. Kept out
+# of `make demo` so that it stays under 15 minutes.
+DEMO_PREFIX_ARMS = ["echo_assistant","oracle","user_usual","everyone_usual","baseline","lora_all","lora_per_user","prefix_all","prefix_per_user"]
+demo-prefix: demo-data
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope prefix_all
+	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope prefix_per_user --personas $(DEMO_USERS)
+	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo_prefix \
+		--set 'arms.names=$(DEMO_PREFIX_ARMS)' --set arms.best_on_val=false
+	$(PY) scripts/analyze_results.py --results results/demo_prefix --label "synthetic demo data, prefix arms"
 
 # What saying nothing, echoing the user and perfect routine memory score (no model; synthetic data)
 policy-table:
@@ -119,3 +130,4 @@ bench:
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_multi_lora.py
+	$(PY) benchmarks/bench_prefix.py
