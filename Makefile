@@ -92,7 +92,7 @@ control-positive control-negative: control-%:
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \
 		--output_dir results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME)
 	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME) \
-		--label "synthetic $* control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)"
+		$(call control_paths,$(call control_run,$*)) --label "synthetic $* control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)"
 
 # Learning curve (after control-positive, with the same variables): per-user-on-unified adapters trained on
 # each persona's first N train sessions (training.max_train_sessions), each N in its own adapter and result
@@ -111,7 +111,7 @@ learning-curve:
 			--output_dir results/controls/$(call control_run,positive)_$(call curve_name,$$n) || exit 1; \
 	done
 	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,positive)_$(CONTROL_RECIPE_NAME) \
-		--label "synthetic positive control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)" \
+		$(call control_paths,$(call control_run,positive)) --label "synthetic positive control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)" \
 		--curve $(foreach n,$(CURVE_SIZES),$(n)=results/controls/$(call control_run,positive)_$(call curve_name,$(n))) \
 		$(CURVE_FULL)=results/controls/$(call control_run,positive)_$(CONTROL_RECIPE_NAME)
 
