@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 15
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo demo-prefix policy-table controls control-positive control-negative control-diagnosis learning-curve bench
+.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks control-diagnosis learning-curve bench
 
 setup:
 	python3 -m venv .venv
@@ -80,12 +80,14 @@ control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.json
 
 controls: control-positive control-negative
 
-control-positive control-negative: control-%:
+control-data-positive control-data-negative: control-data-%:
 	$(PY) scripts/make_demo_data.py --out_dir data/controls/$(call control_run,$*)/raw --personas $(CONTROL_PERSONAS) \
 		--sessions $(CONTROL_SESSIONS) --seed $(CONTROL_SEED) $(CONTROL_DATA_$*) --report
 	$(PY) scripts/clean_data.py --raw_dir data/controls/$(call control_run,$*)/raw --output data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl
 	$(PY) scripts/create_splits.py --input data/controls/$(call control_run,$*)/cleaned/dialogs_clean.jsonl \
 		--output data/controls/$(call control_run,$*)/splits/edgesplits.json
+
+control-positive control-negative: control-%: control-data-%
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope all $(CONTROL_UNIFIED)
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) \
 		--scope per_user_on_all $(CONTROL_RECIPE)
@@ -93,6 +95,19 @@ control-positive control-negative: control-%:
 		--output_dir results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME)
 	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME) \
 		$(call control_paths,$(call control_run,$*)) --label "synthetic $* control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)"
+
+# The model-free yardstick of the dose-response table (no model is trained): at each signal strength in
+# DOSE_SHARES, positive and negative control data, scored with the reference policies only, so
+# user_usual against everyone_usual shows how much per-user memory the metric can see at that strength.
+DOSE_SHARES ?= 0.6 0.22 0
+YARDSTICK_ARMS = ["echo_assistant","rotate_usual","oracle","user_usual","everyone_usual"]
+control-yardsticks-positive control-yardsticks-negative: control-yardsticks-%: control-data-%
+	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \
+		--set 'arms.names=$(YARDSTICK_ARMS)' --output_dir results/controls/$(call control_run,$*)_yardsticks
+dose-yardsticks:
+	for share in $(DOSE_SHARES); do \
+		$(MAKE) --no-print-directory control-yardsticks-positive control-yardsticks-negative CONTROL_SHARE=$$share || exit 1; \
+	done
 
 # Learning curve (after control-positive, with the same variables): per-user-on-unified adapters trained on
 # each persona's first N train sessions (training.max_train_sessions), each N in its own adapter and result
