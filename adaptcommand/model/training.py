@@ -313,7 +313,8 @@ class BestEpoch:
     """Epoch selection for one adapter (training.select_by): the epoch log, the kept epoch's weights, when to stop.
 
     Where the selection score is undefined (no val examples, no routine value in them), the last
-    epoch is kept. Training stops once `patience` epochs in a row fail to improve on the best.
+    epoch is kept. Training stops once more than `patience` epochs in a row fail to improve on the best
+    (patience 1: two in a row).
     """
 
     def __init__(self, patience, n_train, n_val, select_by="val_loss"):
