@@ -11,16 +11,15 @@ The adapters are randomly initialised LoRAs of the config's shape (what is timed
 on the weights' values).
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import demo_dataset, peak_rss_mb, prefill_report
+from common import peak_rss_mb, per_persona_arguments, per_persona_turns, prefill_report
 
 from adaptcommand.evaluation.arms import adapter_name
-from adaptcommand.evaluation.evaluation import build_prompts, collect_turns
+from adaptcommand.evaluation.evaluation import build_prompts
 from adaptcommand.model.adapters import attach_adapters, lora_config, save_adapter
 from adaptcommand.model.config import load_config
 from adaptcommand.model.generation import GenerationStats, encode_prompts, generate_texts, generation_kwargs
@@ -64,18 +63,11 @@ def earlier_way(cfg, paths, turns, prompts):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/demo/lora_eval.json")
-    parser.add_argument("--train_config", default="configs/demo/lora_training.json", help="for the LoRA shape")
-    parser.add_argument("--personas", type=int, default=4)
-    parser.add_argument("--turns_per_persona", type=int, default=8)
-    args = parser.parse_args()
+    args = per_persona_arguments(__doc__.split("\n")[0])
     cfg = load_config(args.config)
     cfg["lora"] = load_config(args.train_config)["lora"]
     with tempfile.TemporaryDirectory() as tmp:
-        dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=20)
-        personas = sorted(splits)
-        turns = [t for p in personas for t in collect_turns(dialogs, {p: splits[p]["test"]}, args.turns_per_persona)]
+        dialogs, personas, turns = per_persona_turns(tmp, args.personas, args.turns_per_persona)
         paths = make_adapters(cfg, personas, Path(tmp) / "adapters")
         names = {p: adapter_name("lora_per_user", p) for p in personas}
         base, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")

@@ -13,15 +13,14 @@ For scale, the LoRA arm's path on the same turns (random r=16 LoRAs, personas mi
 too: what a prefix arm costs against a LoRA arm.
 """
 
-import argparse
 import tempfile
 import time
 
 import torch
-from common import demo_dataset, peak_rss_mb, prefill_report
+from common import peak_rss_mb, per_persona_arguments, per_persona_turns, prefill_report
 
 from adaptcommand.evaluation.arms import adapter_name
-from adaptcommand.evaluation.evaluation import build_prompts, collect_turns
+from adaptcommand.evaluation.evaluation import build_prompts
 from adaptcommand.model.adapters import lora_config, prefix_config
 from adaptcommand.model.config import load_config
 from adaptcommand.model.generation import (
@@ -76,19 +75,12 @@ def every_prompt_prefilled(model, tokenizer, prompts, names, gen_cfg):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/demo/lora_eval.json")
-    parser.add_argument("--train_config", default="configs/demo/lora_training.json", help="for the adapters' shape")
-    parser.add_argument("--personas", type=int, default=4)
-    parser.add_argument("--turns_per_persona", type=int, default=8)
-    args = parser.parse_args()
+    args = per_persona_arguments(__doc__.split("\n")[0])
     cfg = load_config(args.config)
     train_cfg = load_config(args.train_config)
     gen_cfg = cfg["generation"]
     with tempfile.TemporaryDirectory() as tmp:
-        dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=20)
-    personas = sorted(splits)
-    turns = [t for p in personas for t in collect_turns(dialogs, {p: splits[p]["test"]}, args.turns_per_persona)]
+        dialogs, personas, turns = per_persona_turns(tmp, args.personas, args.turns_per_persona)
     keys = [t["dialog_index"] for t in turns]
 
     names = {p: adapter_name("prefix_per_user", p) for p in personas}

@@ -1,11 +1,14 @@
-"""Shared set-up for the benchmarks: a small demo dataset built in memory, and its training examples."""
+"""Shared set-up for the benchmarks: a small demo dataset built in memory, its training examples, and the
+per-persona test turns the evaluation benchmarks time."""
 
+import argparse
 import resource
 
 from adaptcommand.data.cleaning import clean
 from adaptcommand.data.data_io import write_jsonl
 from adaptcommand.data.demo_data import generate
 from adaptcommand.data.splits import make_splits
+from adaptcommand.evaluation.evaluation import collect_turns
 from adaptcommand.model.training import dialog_example
 
 
@@ -17,6 +20,23 @@ def demo_dataset(tmp_dir, personas=4, sessions=20, seed=0):
     dialogs, _, problems = clean(tmp_dir)
     assert not problems, problems
     return dialogs, make_splits(dialogs, min_dialogues=5)
+
+
+def per_persona_arguments(description):
+    """The evaluation benchmarks' command line: configs, and how many personas and test turns each."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="configs/demo/lora_eval.json")
+    parser.add_argument("--train_config", default="configs/demo/lora_training.json", help="for the adapters' shape")
+    parser.add_argument("--personas", type=int, default=4)
+    parser.add_argument("--turns_per_persona", type=int, default=8)
+    return parser.parse_args()
+
+
+def per_persona_turns(tmp_dir, personas, turns_per_persona):
+    """(dialogs, persona names, turns): a fresh demo dataset and each persona's first test turns, persona by persona."""
+    dialogs, splits = demo_dataset(tmp_dir, personas=personas, sessions=20)
+    names = sorted(splits)
+    return dialogs, names, [t for p in names for t in collect_turns(dialogs, {p: splits[p]["test"]}, turns_per_persona)]
 
 
 def training_examples(tokenizer, dialogs, cfg):
