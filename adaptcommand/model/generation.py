@@ -78,6 +78,8 @@ def _routed(model, names, call):
 
 
 def _generate(model, input_ids, attention, kwargs, names, cache):
+    if is_prefix_tuned(model):  # the active prefix adapter: the cache already starts with its prefix
+        return prefix_generate(model, input_ids, attention, kwargs, cache)
     return _routed(model, names, lambda **extra: model.generate(input_ids=input_ids, attention_mask=attention,
                                                                 cache=cache, **kwargs, **extra))
 
@@ -141,19 +143,16 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
     cache = _forward_cache(model, tokens[:, :-1], mask[:, :-1], chain_names) if tokens.shape[1] > 1 else None
     stats.prefilled += int(mask.sum())
     pads = [tokens.shape[1] - len(prompt) for prompt in longest]
+    front = prefix_front(model)  # cache positions before the prompt (a prefix adapter's)
     turns = [(c, i) for c, chain in enumerate(chains) for i in chain]
     for start in range(0, len(turns), batch_size):
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
         turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
-        rows_cache = turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts],
-                                prefix_front(model))
-        if is_prefix_tuned(model):
-            out = prefix_generate(model, turn_tokens, turn_mask, kwargs, rows_cache)
-        else:
-            out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
-                            rows_cache)
-        for i, generated in zip(prompts, out[:, prefix_front(model) + turn_tokens.shape[1]:]):
+        rows_cache = turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front)
+        out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
+                        rows_cache)
+        for i, generated in zip(prompts, out[:, front + turn_tokens.shape[1]:]):
             replies[i] = tokenizer.decode(generated, skip_special_tokens=True).strip()
             stats.generated += int((generated != tokenizer.pad_token_id).sum())
         if on_replies is not None:
