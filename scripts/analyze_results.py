@@ -146,10 +146,14 @@ def main():
 
     sections.append("## Memorisation: train sessions against test\n")
     if memorization is not None:
-        sections.append("A large train - test gap with no gain on test is memorising; baseline's gap is what the "
-                        "sessions' difficulty alone gives.\n\n")
-        sections.append(markdown_table(memorization_gaps(memorization), [
-            "arm", *[f"{kind}_{m}" for m in GAIN_METRICS for kind in ("train", "test", "gap")]]))
+        sections.append("Each persona's last routine-driven train sessions (evaluation.train_sessions) against its test "
+                        "sessions. A large train - test gap with no gain on test is memorising; baseline's gap is what "
+                        "the sessions' difficulty alone gives. Few cloze items make a noisy mean: their counts are "
+                        "beside it.\n\n")
+        gaps = memorization_gaps(memorization)
+        sections.append(markdown_table(gaps, [
+            "arm", *[f"{kind}_{m}" for m in GAIN_METRICS for kind in ("train", "test", "gap")],
+            *[c for c in ("train_turns", "test_turns", "train_cloze_items", "test_cloze_items") if c in gaps]]))
     else:
         sections.append("Not measured: set evaluation.train_sessions in the evaluation config.\n")
 

@@ -113,11 +113,18 @@ def evaluate_cloze(ev, personas, indices=None, arms=None):
     return results
 
 
+def routine_train_sessions(dialogs, train, sessions):
+    """A persona's last `sessions` train dialogues that follow a routine (the only ones where routine F1 and
+    the cloze have anything to score), in recorded order."""
+    return [i for i in first_sessions(train) if dialogs[i].get("applied_routines")][-sessions:]
+
+
 def evaluate_memorization(ev, arms, personas, sessions, test, test_cloze):
     """Routine F1 and cloze top-1 (macro over personas, seeds averaged) of the adapter arms and baseline on each
-    persona's last `sessions` train dialogues, beside the same on test: one row per (arm, split)."""
+    persona's last `sessions` routine-driven train dialogues, beside the same on test: one row per (arm, split),
+    with how many personas, turns and cloze items each mean stands on."""
     arms = [a for a in arms if a == "baseline" or a in ADAPTER_ARMS]
-    indices = {p: first_sessions(ev.splits[p]["train"])[-sessions:] for p in personas}
+    indices = {p: routine_train_sessions(ev.dialogs, ev.splits[p]["train"], sessions) for p in personas}
     on_train = evaluate_split(ev, "train", arms, personas, None, indices)
     train_cloze = evaluate_cloze(ev, personas, indices, arms) if ev.cfg["evaluation"]["cloze"] else []
     rows = []
@@ -125,7 +132,11 @@ def evaluate_memorization(ev, arms, personas, sessions, test, test_cloze):
         frame = persona_frame(seed_frame({a: records[a] for a in arms if a in records},
                                          [c for c in cloze if c.arm in arms]))
         for arm, scores in frame.groupby("arm", sort=False):
+            items = [c for c in cloze if c.arm == arm]
+            seeds = max(1, len({c.seed for c in items}))
             rows.append({"arm": arm, "split": split, "personas": len(scores),
+                         "turns": len(records.get(arm, [])) // max(1, len({r["seed"] for r in records.get(arm, [])})),
+                         "cloze_items": len(items) // seeds,
                          **{m: scores[m].mean() if m in scores else None for m in ("routine_f1", "cloze_top1")}})
     return rows
 

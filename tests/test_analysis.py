@@ -79,10 +79,13 @@ def test_persona_gains_and_memorization_gaps():
     gains = persona_gains(frame, "routine_f1").set_index("persona_id")
     assert list(gains.columns) == ["lora_per_user - lora_all"]
     assert gains.loc["p1", "lora_per_user - lora_all"] == pytest.approx(0.6 - 0.35)
-    memo = pd.DataFrame([{"arm": "lora_per_user", "split": "train", "routine_f1": 0.9, "cloze_top1": 0.8},
-                         {"arm": "lora_per_user", "split": "test", "routine_f1": 0.4, "cloze_top1": 0.5}])
+    memo = pd.DataFrame([{"arm": "lora_per_user", "split": "train", "turns": 6, "cloze_items": 11, "routine_f1": 0.9,
+                          "cloze_top1": 0.8},
+                         {"arm": "lora_per_user", "split": "test", "turns": 30, "cloze_items": 253, "routine_f1": 0.4,
+                          "cloze_top1": 0.5}])
     gap = memorization_gaps(memo).iloc[0]
     assert gap["gap_routine_f1"] == pytest.approx(0.5) and gap["gap_cloze_top1"] == pytest.approx(0.3)
+    assert (gap["train_cloze_items"], gap["test_cloze_items"], gap["train_turns"]) == (11, 253, 6)
 
 
 def test_curve_points_keep_the_per_user_arms_against_the_unified_adapter():

@@ -165,6 +165,9 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
                          for s in ("train", "test")}
     assert float(memo[("baseline", "test")]["routine_f1"]) == pytest.approx(arms["baseline"]["routine_f1"])
     assert memo[("lora_per_user", "train")]["personas"] == "2" and memo[("lora_all", "train")]["cloze_top1"] != ""
+    # the train sample is each persona's last routine-driven session: every persona has turns and cloze items there
+    assert int(memo[("baseline", "train")]["turns"]) > 0 and int(memo[("baseline", "train")]["cloze_items"]) > 0
+    assert memo[("baseline", "train")]["personas"] == "3" and int(memo[("baseline", "test")]["cloze_items"]) > 0
 
     # the analysis report, from these files only (the same evaluation twice as a two-point learning curve)
     result = run_script("analyze_results.py", "--results", out, "--curve", f"4={out}", f"2={out}", "--label", "synthetic")

@@ -59,12 +59,13 @@ def projected_mde(compared, metric, sizes=(12, 30, 100, 200)):
 
 
 def memorization_gaps(memorization):
-    """memorization.csv (arm, split, routine_f1, cloze_top1: macro means) as one row per arm with train,
-    test and train - test for each metric."""
+    """memorization.csv (arm, split, turns, cloze_items, routine_f1, cloze_top1: macro means) as one row per
+    arm with train, test and train - test for each metric, and the turns and cloze items on each split."""
     out = []
     for arm, rows in memorization.groupby("arm", sort=False):
         by_split = rows.set_index("split")
-        row = {"arm": arm}
+        row = {"arm": arm, **{f"{s}_{n}": by_split[n].get(s, np.nan) for n in ("turns", "cloze_items")
+                              if n in by_split for s in ("train", "test")}}
         for metric in GAIN_METRICS:
             train, test = (by_split[metric].get(s, np.nan) for s in ("train", "test"))
             row.update({f"train_{metric}": train, f"test_{metric}": test, f"gap_{metric}": train - test})
