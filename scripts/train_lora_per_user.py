@@ -47,7 +47,9 @@ from adaptcommand.model.adapters import arm_folder, is_complete, jobs_for, merge
 from adaptcommand.model.config import PREFIX_ARMS, SCOPE_ARM, UNIFIED_ARMS, add_config_arguments, load_config
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_in_groups
-from adaptcommand.model.training import AdapterTrainer, forward_backward_rate, select_examples, tokenized_dialogs
+from adaptcommand.model.training import (
+    AdapterTrainer, forward_backward_rate, select_examples, tokenized_dialogs, training_settings,
+)
 
 SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "val_knowledge", "best_epoch", "epochs_run",
                   "optimizer_steps", "train_tokens", "seconds", "error")
@@ -133,7 +135,7 @@ def main():
         print(f"{device_name(model.device)}: the model's forward+backward runs at {floor:.0f} tokens/s "
               f"(the floor under training's rate)")
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
-                 "prompt": cfg["prompt"], "training": cfg["training"],
+                 "prompt": cfg["prompt"], "training": training_settings(cfg, arm),
                  **({"prefix": cfg["prefix"]} if arm in PREFIX_ARMS else {"lora": cfg["lora"]}),
                  "device": device_name(model.device), "floor_tokens_per_second": floor}
         trainer = None

@@ -47,7 +47,7 @@ def test_prefix_scopes_train_resume_and_load(scope, tiny_model_dir, demo_files, 
         "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
         "prompt": {"system_template": "You are a home assistant."},
-        "prefix": {"num_virtual_tokens": 4},
+        "prefix": {"num_virtual_tokens": 4, "learning_rate": 3e-2},
         "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "max_seq_length": 512,
                      "select_by": "val_knowledge", "parallel_personas": 4, "seeds": [0]},
         "adapters": {scope: str(tmp_path / scope)}}))
@@ -59,7 +59,9 @@ def test_prefix_scopes_train_resume_and_load(scope, tiny_model_dir, demo_files, 
     for folder in folders:
         log = json.loads((folder / "train_log.json").read_text())
         assert log["scope"] == scope and log["select_by"] == "val_knowledge" and len(log["epochs"]) == 2
-        assert log["prefix"] == {"num_virtual_tokens": 4, "projection": False} and "lora" not in log
+        assert log["prefix"] == {"num_virtual_tokens": 4, "projection": False, "learning_rate": 3e-2} and "lora" not in log
+        # the prefix's own learning rate, not LoRA's: the schedule peaks above training.learning_rate
+        assert log["training"]["learning_rate"] == 3e-2 and 1e-2 < max(log["step_learning_rate"]) <= 3e-2
         assert log["optimizer_steps"] == len(log["step_train_loss"]) > 0 and (folder / "tensorboard").is_dir()
         assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
     # a standard PEFT folder: PeftModel.from_pretrained loads it and its prefix changes the logits

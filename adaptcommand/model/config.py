@@ -16,6 +16,7 @@ from adaptcommand.data.data_io import UserError
 
 OPTIONAL_INT = (int, type(None))
 NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
 
 SYSTEM_TEMPLATE = (
     "You are a smart-home assistant. You control the TV (volume, brightness, input source), the AC "
@@ -74,7 +75,7 @@ SCHEMA = {
         "max_examples": (OPTIONAL_INT, None),
         "sample_outputs": (int, 20),
         "cloze": (bool, True),                 # the preference cloze (adaptcommand/evaluation/cloze.py) for every model arm
-        "train_sessions": (int, 0),            # memorisation check: baseline and adapter arms on each persona's last N train sessions
+        "train_sessions": (int, 0),            # memorisation check: baseline and adapter arms on each persona's last N routine-driven train sessions
     },
     "lora": {
         "r": (int, 8),
@@ -85,6 +86,7 @@ SCHEMA = {
     "prefix": {                            # prefix tuning (the prefix scopes): trained key/value vectors per layer
         "num_virtual_tokens": (int, 20),
         "projection": (bool, False),           # PEFT's prefix_projection: the prefix through a 2-layer MLP
+        "learning_rate": (OPTIONAL_NUMBER, None),  # the prefix scopes' own (null: training.learning_rate)
     },
     "training": {
         "scope": (str, "per_user"),
@@ -142,6 +144,7 @@ RANGES = {
     ("evaluation", "sample_outputs"): (0, None, True),
     ("evaluation", "train_sessions"): (0, None, True),
     ("prefix", "num_virtual_tokens"): (1, None, True),
+    ("prefix", "learning_rate"): (0, None, False),
     ("lora", "r"): (1, None, True),
     ("lora", "alpha"): (1, None, True),
     ("lora", "dropout"): (0, 0.99, True),

@@ -407,6 +407,15 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
     return tracker.finish()
 
 
+def training_settings(cfg, arm):
+    """The `training` section an arm trains with: for the prefix arms with `prefix.learning_rate` where set
+    (a prefix is a few vectors trained from a random start, not a low-rank change of trained weights, and
+    needs another step size than LoRA)."""
+    if arm in PREFIX_ARMS and cfg["prefix"]["learning_rate"] is not None:
+        return {**cfg["training"], "learning_rate": cfg["prefix"]["learning_rate"]}
+    return cfg["training"]
+
+
 class AdapterTrainer:
     """Holds the base model once and trains a fresh PEFT adapter (LoRA, or prefix tuning for the prefix
     arms) for each job, one after another."""
@@ -423,7 +432,7 @@ class AdapterTrainer:
         val_examples = select_examples(self.examples, job.val)
         adapter = self.fresh_adapter(f"job_{job.name}_s{job.seed}")
         try:
-            log = train_adapter(self.peft_model, train_examples, val_examples, self.cfg["training"],
+            log = train_adapter(self.peft_model, train_examples, val_examples, training_settings(self.cfg, self.arm),
                                 self.tokenizer.pad_token_id, desc=job.name)
             log.update(extra_log, persona_id=job.name)
             save_adapter(self.peft_model, adapter, job.folder, log)
