@@ -48,7 +48,11 @@ from adaptcommand.model.config import PREFIX_ARMS, SCOPE_ARM, UNIFIED_ARMS, add_
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_in_groups
 from adaptcommand.model.training import (
-    AdapterTrainer, forward_backward_rate, select_examples, tokenized_dialogs, training_settings,
+    AdapterTrainer,
+    forward_backward_rate,
+    select_examples,
+    tokenized_dialogs,
+    training_settings,
 )
 
 SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "val_knowledge", "best_epoch", "epochs_run",
