@@ -2,11 +2,11 @@
 PY := .venv/bin/python
 DEMO := data/demo
 DEMO_PERSONAS ?= 4
-DEMO_SESSIONS ?= 15
+DEMO_SESSIONS ?= 10
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks control-diagnosis learning-curve bench
+.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks dose-response control-diagnosis learning-curve bench
 
 setup:
 	python3 -m venv .venv
@@ -42,7 +42,7 @@ demo-prefix: demo-data
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope prefix_all
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope prefix_per_user --personas $(DEMO_USERS)
 	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo_prefix \
-		--set 'arms.names=$(DEMO_PREFIX_ARMS)' --set arms.best_on_val=false
+		--set 'arms.names=$(DEMO_PREFIX_ARMS)'
 	$(PY) scripts/analyze_results.py --results results/demo_prefix --label "synthetic demo data, prefix arms"
 
 # What saying nothing, echoing the user and perfect routine memory score (no model; synthetic data)
@@ -76,7 +76,20 @@ control_run = $(1)_seed$(CONTROL_SEED)_share$(CONTROL_SHARE)_$(CONTROL_PERSONAS)
 control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.jsonl \
 	--set data.splits=data/controls/$(1)/splits/edgesplits.json \
 	--set adapters.lora_all=models/controls/$(1)/lora_all_$(CONTROL_UNIFIED_NAME) \
-	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all_$(CONTROL_RECIPE_NAME)
+	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all_$(CONTROL_RECIPE_NAME) \
+	--set adapters.lora_per_user=models/controls/$(1)/lora_per_user_$(CONTROL_RECIPE_NAME) \
+	--set adapters.prefix_all=models/controls/$(1)/prefix_all_$(CONTROL_RECIPE_NAME) \
+	--set adapters.prefix_per_user=models/controls/$(1)/prefix_per_user_$(CONTROL_RECIPE_NAME)
+# the scopes a control trains after the unified LoRA adapter, each then evaluated as its arm (per_user: per-user
+# adapters on the base model, which the dose-response adds; prefix_all, prefix_per_user: the prefix arms),
+# whether its evaluation runs the cloze, and the name of its results folder
+CONTROL_SCOPES ?= per_user_on_all
+CONTROL_CLOZE ?= false
+CONTROL_RESULTS_NAME ?= $(CONTROL_RECIPE_NAME)
+comma := ,
+scope_arm = $(if $(filter per_user per_user_on_all,$(1)),lora_$(1),$(1))
+control_arms = "echo","echo_assistant","rotate_usual","oracle","user_usual","everyone_usual","lora_all"$(foreach s,$(CONTROL_SCOPES),$(comma)"$(call scope_arm,$(s))")
+control_eval = --set evaluation.cloze=$(CONTROL_CLOZE) --set 'arms.names=[$(control_arms)]'
 
 controls: control-positive control-negative
 
@@ -89,11 +102,13 @@ control-data-positive control-data-negative: control-data-%:
 
 control-positive control-negative: control-%: control-data-%
 	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) --scope all $(CONTROL_UNIFIED)
-	$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) \
-		--scope per_user_on_all $(CONTROL_RECIPE)
+	for scope in $(CONTROL_SCOPES); do \
+		$(PY) scripts/train_lora_per_user.py --config configs/controls/lora_training.json $(call control_paths,$(call control_run,$*)) \
+			--scope $$scope $(CONTROL_RECIPE) || exit 1; \
+	done
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,$*)) \
-		--output_dir results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME)
-	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,$*)_$(CONTROL_RECIPE_NAME) \
+		--output_dir results/controls/$(call control_run,$*)_$(CONTROL_RESULTS_NAME) $(control_eval)
+	$(PY) scripts/analyze_results.py --results results/controls/$(call control_run,$*)_$(CONTROL_RESULTS_NAME) \
 		$(call control_paths,$(call control_run,$*)) --label "synthetic $* control, data seed $(CONTROL_SEED), proactive share $(CONTROL_SHARE)"
 
 # The model-free yardstick of the dose-response table (no model is trained): at each signal strength in
@@ -107,6 +122,22 @@ control-yardsticks-positive control-yardsticks-negative: control-yardsticks-%: c
 dose-yardsticks:
 	for share in $(DOSE_SHARES); do \
 		$(MAKE) --no-print-directory control-yardsticks-positive control-yardsticks-negative CONTROL_SHARE=$$share || exit 1; \
+	done
+
+# The dose-response table (design.md "How strong must the signal be?"): both controls at each strength in
+# DOSE_SHARES with the shipped recipe, per-user adapters on the base model as well as on the unified one, and
+# the cloze. At share 0 the assistant never volunteers a routine value, so memory can only show in the user's own
+# statements: there every adapter also trains on the user turns (training.loss_on all; folders *_lossall).
+# DOSE_TRAINING adds --set flags to every training (e.g. one training seed: --set training.seeds=[0]) and
+# DOSE_NAME names its folders.
+DOSE_TRAINING ?=
+DOSE_NAME ?= shipped
+dose-response:
+	for share in $(DOSE_SHARES); do \
+		if [ $$share = 0 ]; then loss="--set training.loss_on=all"; name=$(DOSE_NAME)_lossall; else loss=; name=$(DOSE_NAME); fi; \
+		$(MAKE) --no-print-directory control-positive control-negative CONTROL_SHARE=$$share \
+			CONTROL_SCOPES="per_user per_user_on_all" CONTROL_UNIFIED="$$loss $(DOSE_TRAINING)" CONTROL_UNIFIED_NAME=$$name \
+			CONTROL_RECIPE="$$loss $(DOSE_TRAINING)" CONTROL_RECIPE_NAME=$$name CONTROL_CLOZE=true || exit 1; \
 	done
 
 # Learning curve (after control-positive, with the same variables): per-user-on-unified adapters trained on
