@@ -84,12 +84,14 @@ def test_habit_and_majority_values_over_train_dialogues():
     assert habits["persona_000"] == {("lights", "brightness"): 50} and habits["b"] == {("lights", "brightness"): 30}
 
 
-def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # the packed candidates' mask has a form for each
+def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir, attention):
     from peft import LoraConfig, get_peft_model
 
     from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
+    model.set_attn_implementation(attention)
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
                            adapter_name="p1").eval()

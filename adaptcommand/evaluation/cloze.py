@@ -14,8 +14,8 @@ categories, or every integer of the parameter's range. Only knowledge can win:
 
 An item is correct when the user's actual value has the highest log-probability.
 
-No generation: one forward pass over the prefix and one over the candidates from its KV cache; the
-items of one dialogue share one prefill where their prompts extend each other. So it is cheap on a
+No generation: one forward pass over the prefix and one over all the candidates, packed in one row
+after its KV cache; the items of one dialogue share one prefill where their prompts extend each other. So it is cheap on a
 CPU, and it measures knowledge even where replies ask back.
 Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
 always answering the most common value of that parameter in every user's train dialogues
@@ -217,26 +217,45 @@ def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
 def _tail_logprobs(runner, cache, length, first, tails, pad_id, adapter):
     """Each tail's log-probability after the first `length` cached positions of a one-row cache (first: the
     log-probabilities of the token after them), run through `runner`: for a prefix-tuned model its base
-    model, since the cache already holds the prefix that the PEFT model would prepend again."""
+    model, since the cache already holds the prefix that the PEFT model would prepend again.
+
+    Every tail goes into one row after the cache, under a tree mask: a tail's tokens see the cached positions
+    and their own tail's earlier tokens, at the positions they would have alone. So the cache is read once for
+    all candidates (an integer parameter has 101) instead of copied into a batch row for each of them
+    (benchmarks/bench_cloze.py); the scores are the same (tests/test_cloze.py)."""
     device = first.device
-    width = max(len(t) for t in tails)
-    ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(tails), length + width), dtype=torch.long, device=device)
-    mask[:, :length] = 1
-    for row, tail in enumerate(tails):
-        ids[row, : len(tail)] = torch.tensor(tail, device=device)
-        mask[row, length: length + len(tail)] = 1
-    names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
-    rows = turn_cache(runner, [(cache, 0, 0)] * len(tails), [length] * len(tails))
-    logits = runner(input_ids=ids, attention_mask=mask, cache=rows, **names).logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
+    sizes = torch.tensor([len(t) for t in tails], device=device)
+    owner = torch.repeat_interleave(torch.arange(len(tails), device=device), sizes)
+    within = torch.cat([torch.arange(len(t), device=device) for t in tails])
+    ids = torch.tensor([[token for tail in tails for token in tail]], device=device)
+    mask = _tree_mask(runner, length, owner, within)
+    names = {} if adapter is None else {"adapter_names": [adapter]}
+    row = turn_cache(runner, [(cache, 0, 0)], [length])
+    logits = runner(input_ids=ids, attention_mask=mask, position_ids=(length + within)[None], cache=row,
+                    **names).logits.float()
+    logp = torch.log_softmax(logits[0], dim=-1)
+    start = torch.cumsum(sizes, 0) - sizes
     scores = []
-    for row, tail in enumerate(tails):
+    for k, tail in enumerate(tails):
         total = first[tail[0]]
         for j in range(1, len(tail)):
-            total = total + logp[row, j - 1, tail[j]]
+            total = total + logp[start[k] + j - 1, tail[j]]
         scores.append(float(total))
     return scores
+
+
+def _tree_mask(runner, length, owner, within):
+    """The 4-D attention mask (1, 1, tail tokens, length + tail tokens) of tails packed in one row: every
+    token sees the `length` cached positions, and a tail token its own tail up to itself. Boolean (True:
+    attend) for SDPA, additive (0 / the dtype's minimum) for eager attention."""
+    n = owner.shape[0]
+    allowed = torch.ones((n, length + n), dtype=torch.bool, device=owner.device)
+    allowed[:, length:] = (owner[:, None] == owner[None, :]) & (within[:, None] >= within[None, :])
+    if runner.config._attn_implementation == "eager":
+        dtype = next(runner.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=owner.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[None, None]
+    return allowed[None, None]
 
 
 def habit_values(dialogs, train_indices_by_persona, actions_of):
