@@ -177,3 +177,4 @@ bench:
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_multi_lora.py
 	$(PY) benchmarks/bench_prefix.py
+	$(PY) benchmarks/bench_cloze.py

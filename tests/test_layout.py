@@ -151,3 +151,41 @@ def test_every_script_reports_a_malformed_split_in_one_line(script, demo_files, 
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert str(tmp_path / "bad.json") in lines[0] and "persona 'persona_001'" in lines[0]
+
+
+def _make_dry_run(*args):
+    """The shell commands `make -n` prints, one per line (continuation lines joined)."""
+    result = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [" ".join(line.split()) for line in result.stdout.replace("\\\n", " ").splitlines()]
+
+
+def _arm_names(command):
+    return json.loads(command.split("arms.names=")[1].split("'")[0])
+
+
+def test_dose_response_trains_on_user_turns_only_without_a_volunteered_value():
+    """make dose-response: both controls at each strength, both per-user scopes evaluated with the cloze;
+    training.loss_on all (and *_lossall folders) at share 0 only."""
+    commands = _make_dry_run("dose-response", "DOSE_SHARES=0.22 0", "CONTROL_SEED=3")
+    evaluations = [c for c in commands if "scripts/eval_lora.py" in c]
+    assert len(evaluations) == 4  # positive and negative at two strengths
+    for command in evaluations:
+        assert "evaluation.cloze=true" in command
+        assert _arm_names(command)[-3:] == ["lora_all", "lora_per_user", "lora_per_user_on_all"]
+    runs = {c.split("--output_dir ")[1].split()[0] for c in evaluations}
+    assert runs == {f"results/controls/{kind}_seed3_share{share}_12x25_{name}" for kind in ("positive", "negative")
+                    for share, name in (("0.22", "shipped"), ("0", "shipped_lossall"))}
+    trainings = [c for c in commands if "train_lora_per_user.py" in c]
+    assert len(trainings) == 8 and all(("training.loss_on=all" in c) == ("share0_" in c) for c in trainings)
+
+
+def test_a_control_evaluates_the_scopes_it_trains():
+    default = next(c for c in _make_dry_run("control-positive") if "scripts/eval_lora.py" in c)
+    assert "evaluation.cloze=false" in default and _arm_names(default)[-2:] == ["lora_all", "lora_per_user_on_all"]
+    commands = _make_dry_run("control-positive", "CONTROL_SCOPES=per_user_on_all prefix_all prefix_per_user",
+                             "CONTROL_RESULTS_NAME=with_prefix")
+    evaluation = next(c for c in commands if "scripts/eval_lora.py" in c)
+    assert _arm_names(evaluation)[-3:] == ["lora_per_user_on_all", "prefix_all", "prefix_per_user"]
+    assert "--output_dir results/controls/positive_seed0_share0.6_12x25_with_prefix" in evaluation
+    assert "adapters.prefix_all=models/controls/positive_seed0_share0.6_12x25/prefix_all_shipped" in evaluation
