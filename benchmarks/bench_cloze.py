@@ -27,8 +27,9 @@ from adaptcommand.model.generation import turn_cache
 from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
-def reference_tail_logprobs(runner, cache, length, first, tails, pad_id, adapter):
-    """The former scoring: the tails right-padded in a batch, the prefix's cache copied into every row."""
+def reference_tail_logprobs(runner, cache, length, first, tails, adapter, pad_id=0):
+    """The former scoring: the tails right-padded in a batch (the pads are masked), the prefix's cache copied
+    into every row."""
     device = first.device
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)

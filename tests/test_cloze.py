@@ -100,7 +100,7 @@ def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir, atten
     prefix, tails = item_sequences(tokenizer, dialogs[0], item, {**defaults()["prompt"], "system_template": "S"})
     assert len(tails) == 101 and all(len(t) >= 1 for t in tails)
     for adapter in ("p1", "__base__"):
-        cached = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, adapter)
+        cached = candidate_logprobs(model, prefix, tails, adapter)
         for k in (0, 50, 100):
             ids = torch.tensor([prefix + tails[k]])
             with torch.no_grad():
@@ -108,8 +108,8 @@ def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir, atten
             full = sum(float(logp[len(prefix) + j - 1, tok]) for j, tok in enumerate(tails[k]))
             assert cached[k] == pytest.approx(full, abs=1e-3)
     # the adapter changes the scores, so arms are told apart
-    assert candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, "p1") != \
-        candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, "__base__")
+    assert candidate_logprobs(model, prefix, tails, "p1") != \
+        candidate_logprobs(model, prefix, tails, "__base__")
 
 
 def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
@@ -134,10 +134,10 @@ def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
         with_kwargs=True)
     for adapter in ("p1", "__base__"):
         prefills.clear()
-        shared = shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, adapter)
+        shared = shared_prefix_logprobs(model, sequences, adapter)
         assert prefills == [(1, len(sequences[-1][0]))]  # the longest prefix, once
         for (prefix, tails), scores in zip(sequences, shared):
-            assert scores == pytest.approx(candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id, adapter),
+            assert scores == pytest.approx(candidate_logprobs(model, prefix, tails, adapter),
                                            abs=1e-4)
     hook.remove()
 
@@ -155,7 +155,7 @@ def test_score_items_marks_the_argmax(tiny_model):
     assert results[0].chance == pytest.approx(1 / 101) and results[1].chance == pytest.approx(1 / 3)
     for item, result in zip(items, results):
         prefix, tails = item_sequences(tokenizer, dialogs[0], item, cfg)
-        scores = candidate_logprobs(model, prefix, tails, tokenizer.pad_token_id)
+        scores = candidate_logprobs(model, prefix, tails)
         assert result.correct == (max(range(len(scores)), key=scores.__getitem__) == item.answer)
     assert score_items(model, tokenizer, dialogs, items, cfg, "lora_per_user", lambda p: None, {}) == []
 

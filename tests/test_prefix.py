@@ -183,7 +183,7 @@ def test_prefix_cloze_scores_equal_full_sequence_scores(tiny_arch_dir):
     model, tokenizer = _prefix_model(tiny_arch_dir)
     sequences = [([5, 17, 42, 8, 9], [[3], [4, 11], [6]]), ([5, 17, 42, 8, 9, 30, 31], [[12, 2], [7]])]
     for name in ("a", "b"):
-        scores = shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, name)
+        scores = shared_prefix_logprobs(model, sequences, name)
         model.set_adapter(name)
         for (prefix, tails), got in zip(sequences, scores):
             for tail, score in zip(tails, got):
@@ -191,8 +191,8 @@ def test_prefix_cloze_scores_equal_full_sequence_scores(tiny_arch_dir):
                     logp = torch.log_softmax(model(input_ids=torch.tensor([prefix + tail])).logits[0].float(), dim=-1)
                 full = sum(float(logp[len(prefix) + j - 1, tok]) for j, tok in enumerate(tail))
                 assert score == pytest.approx(full, abs=1e-4)
-    assert shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, "a") != \
-        shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id, "b")
+    assert shared_prefix_logprobs(model, sequences, "a") != \
+        shared_prefix_logprobs(model, sequences, "b")
 
 
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's generate

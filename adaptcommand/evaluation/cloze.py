@@ -15,8 +15,8 @@ categories, or every integer of the parameter's range. Only knowledge can win:
 An item is correct when the user's actual value has the highest log-probability.
 
 No generation: one forward pass over the prefix and one over all the candidates, packed in one row
-after its KV cache; the items of one dialogue share one prefill where their prompts extend each other. So it is cheap on a
-CPU, and it measures knowledge even where replies ask back.
+after its KV cache; the items of one dialogue share one prefill where their prompts extend each
+other. So it is cheap on a CPU, and it measures knowledge even where replies ask back.
 Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
 always answering the most common value of that parameter in every user's train dialogues
 (majority), and always answering this user's own most common train value (habit; the population's
@@ -177,13 +177,13 @@ def item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved=()):
     return full[0][:shared], [ids[shared:] for ids in full]
 
 
-def candidate_logprobs(model, prefix, tails, pad_id, adapter=None):
+def candidate_logprobs(model, prefix, tails, adapter=None):
     """log p(tail | prefix) for each tail, with the prefix computed once and its cache shared."""
-    return shared_prefix_logprobs(model, [(prefix, tails)], pad_id, adapter)[0]
+    return shared_prefix_logprobs(model, [(prefix, tails)], adapter)[0]
 
 
 @torch.no_grad()
-def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
+def shared_prefix_logprobs(model, sequences, adapter=None):
     """candidate_logprobs of several (prefix, tails) of one adapter, each prefix prefilled at most once:
     a prefix that is a token prefix of a longer one (a later item of the same dialogue) is read from the
     longer one's cache, so a dialogue's history is computed once for all its items where the prompts allow.
@@ -209,12 +209,12 @@ def shared_prefix_logprobs(model, sequences, pad_id, adapter=None):
         first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
         for i in members:
             prefix, tails = sequences[i]
-            scores[i] = _tail_logprobs(runner, out.cache, offset + len(prefix), first[len(prefix) - 1], tails, pad_id,
+            scores[i] = _tail_logprobs(runner, out.cache, offset + len(prefix), first[len(prefix) - 1], tails,
                                        names.get("adapter_names", [None])[0])
     return scores
 
 
-def _tail_logprobs(runner, cache, length, first, tails, pad_id, adapter):
+def _tail_logprobs(runner, cache, length, first, tails, adapter):
     """Each tail's log-probability after the first `length` cached positions of a one-row cache (first: the
     log-probabilities of the token after them), run through `runner`: for a prefix-tuned model its base
     model, since the cache already holds the prefix that the PEFT model would prepend again.
@@ -291,8 +291,7 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
             if prompt_cfg["retrieval"]:
                 retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index], index)])[0]
             sequences.append(item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved))
-        scored = shared_prefix_logprobs(model, sequences, tokenizer.pad_token_id,
-                                        adapter if hasattr(model, "peft_config") else None)
+        scored = shared_prefix_logprobs(model, sequences, adapter if hasattr(model, "peft_config") else None)
         results += [_result(item, scores, arm, seed, habits, majority) for item, scores in zip(group, scored)]
     return results
 
