@@ -62,7 +62,7 @@ def timed_scores(tail_function, model, tokenizer, dialogs, items, prompt_cfg, ha
     cloze._tail_logprobs = recording
     try:
         t0 = time.perf_counter()
-        results = score_items(model, tokenizer, dialogs, items, prompt_cfg, "baseline", lambda persona: None, habits)
+        results = score_items(model, tokenizer, dialogs, items, prompt_cfg, "baseline", lambda persona: "base", habits)
         return time.perf_counter() - t0, scores, results
     finally:
         cloze._tail_logprobs = original
