@@ -128,7 +128,7 @@ dose-yardsticks:
 # DOSE_SHARES with the shipped recipe, per-user adapters on the base model as well as on the unified one, and
 # the cloze. At share 0 the assistant never volunteers a routine value, so memory can only show in the user's own
 # statements: there every adapter also trains on the user turns (training.loss_on all; folders *_lossall).
-# DOSE_TRAINING adds --set flags to every training (e.g. one training seed: --set training.seeds=[0]) and
+# DOSE_TRAINING adds --set flags to every training (e.g. one training seed: --set 'training.seeds=[0]') and
 # DOSE_NAME names its folders.
 DOSE_TRAINING ?=
 DOSE_NAME ?= shipped
