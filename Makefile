@@ -18,7 +18,7 @@ setup:
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite
 test:
-	$(PY) -m pytest -q tests || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n auto tests || [ $$? -eq 5 ]
 
 demo-data:
 	$(PY) scripts/make_demo_data.py --out_dir $(DEMO)/raw --personas $(DEMO_PERSONAS) --sessions $(DEMO_SESSIONS) --seed 0
