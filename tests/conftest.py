@@ -20,7 +20,7 @@ _DATASETS_CACHE = tempfile.mkdtemp(prefix="adaptcommand-test-datasets-")
 atexit.register(shutil.rmtree, _DATASETS_CACHE, ignore_errors=True)
 os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
 
-# Under pytest-xdist (`make test` runs two workers) each worker, and every script it starts, gets its
+# Under pytest-xdist (`make test` runs one worker per core: two on 2 cores) each worker, and every script it starts, gets its
 # share of the cores: two workers of two threads each on two cores slow each other down.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
