@@ -78,16 +78,18 @@ control_paths = --set data.dialogs=data/controls/$(1)/cleaned/dialogs_clean.json
 	--set adapters.lora_all=models/controls/$(1)/lora_all_$(CONTROL_UNIFIED_NAME) \
 	--set adapters.lora_per_user_on_all=models/controls/$(1)/lora_per_user_on_all_$(CONTROL_RECIPE_NAME) \
 	--set adapters.lora_per_user=models/controls/$(1)/lora_per_user_$(CONTROL_RECIPE_NAME) \
+	--set adapters.lora_all_on_all=models/controls/$(1)/lora_all_on_all_$(CONTROL_RECIPE_NAME) \
 	--set adapters.prefix_all=models/controls/$(1)/prefix_all_$(CONTROL_RECIPE_NAME) \
 	--set adapters.prefix_per_user=models/controls/$(1)/prefix_per_user_$(CONTROL_RECIPE_NAME)
 # the scopes a control trains after the unified LoRA adapter, each then evaluated as its arm (per_user: per-user
-# adapters on the base model, which the dose-response adds; prefix_all, prefix_per_user: the prefix arms),
+# adapters on the base model, which the dose-response adds; all_on_all: the more-training comparator;
+# prefix_all, prefix_per_user: the prefix arms),
 # whether its evaluation runs the cloze, and the name of its results folder
 CONTROL_SCOPES ?= per_user_on_all
 CONTROL_CLOZE ?= false
 CONTROL_RESULTS_NAME ?= $(CONTROL_RECIPE_NAME)
 comma := ,
-scope_arm = $(if $(filter per_user per_user_on_all,$(1)),lora_$(1),$(1))
+scope_arm = $(if $(filter per_user per_user_on_all all_on_all,$(1)),lora_$(1),$(1))
 control_arms = "echo","echo_assistant","rotate_usual","oracle","user_usual","everyone_usual","lora_all"$(foreach s,$(CONTROL_SCOPES),$(comma)"$(call scope_arm,$(s))")
 control_eval = --set evaluation.cloze=$(CONTROL_CLOZE) --set 'arms.names=[$(control_arms)]'
 

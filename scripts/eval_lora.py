@@ -7,8 +7,10 @@ copying the user's / the assistant's last message scores), rotate_usual (what he
 population's values scores), oracle (perfect memory of the routine), silent, and user_usual /
 everyone_usual (the user's / everyone's most frequent train values, compared with each other as a
 check of what the metric can see without a model); then baseline, character, retrieval
-(prompt-only), lora_all, lora_per_user, lora_per_user_on_all, and best_on_val (per persona, the
-model arm with the best validation score, reported on test). All
+(prompt-only), lora_all, lora_per_user, lora_per_user_on_all, lora_all_on_all (the unified adapter
+trained further the way per-user-on-unified adapters are, on everyone's dialogues: the comparator that
+tells more training from per-user memory), the prefix arms, and best_on_val (per persona, the model arm
+with the best validation score, reported on test). All
 adapters sit in one PEFT model and each generation batch mixes personas and arms, each row with
 its own adapter (`adapter_names`), so 200 personas cost about what one adapter costs. Per-user
 adapters trained on top of the unified one are served by a second copy of the base model with the
@@ -40,6 +42,7 @@ from adaptcommand.evaluation.predictions import PredictionStore
 from adaptcommand.evaluation.routine_knowledge import HABIT_POLICIES, policy_reply, usual_settings
 from adaptcommand.evaluation.tables import (
     arm_table,
+    comparison_pairs,
     comparisons,
     csv_rows,
     markdown_tables,
@@ -49,7 +52,14 @@ from adaptcommand.evaluation.tables import (
     with_deltas,
 )
 from adaptcommand.model.adapters import arm_folder, first_sessions
-from adaptcommand.model.config import ADAPTER_ARMS, POLICY_ARMS, add_config_arguments, arm_prompt, load_config
+from adaptcommand.model.config import (
+    ADAPTER_ARMS,
+    COMPARATOR_ARM,
+    POLICY_ARMS,
+    add_config_arguments,
+    arm_prompt,
+    load_config,
+)
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_embedder, pick_device
 
 REFERENCE_ARMS = ("baseline", "lora_all", "retrieval")
@@ -139,6 +149,16 @@ def evaluate_memorization(ev, arms, personas, sessions, test, test_cloze):
                          "cloze_items": len(items) // seeds,
                          **{m: scores[m].mean() if m in scores else None for m in ("routine_f1", "cloze_top1")}})
     return rows
+
+
+def comparator_pairs(arms):
+    """The comparator's own family (design.md, Decision rules, "More training is not memory"): per-user-on-unified
+    against the unified adapter trained as much further on everyone's dialogues (per-user memory), and that
+    adapter against the unified one (what more training alone gives). Empty without the comparator."""
+    if COMPARATOR_ARM not in arms:
+        return []
+    return [(arm, ref) for arm, ref in (("lora_per_user_on_all", COMPARATOR_ARM), (COMPARATOR_ARM, "lora_all"))
+            if arm in arms and ref in arms]
 
 
 def prompt_mismatches(cfg, availability):
@@ -251,11 +271,12 @@ def main():
     seeds = seed_frame(test, cloze)
     frame = persona_frame(seeds)
     table = arm_table(frame, seeds, metric, cfg["arms"]["n_bootstrap"])
-    compared = comparisons(seeds, [a for a in test if a not in POLICY_ARMS], REFERENCE_ARMS, metric,
-                           SECONDARY_METRICS, cfg["arms"]["n_bootstrap"], cfg["arms"]["min_personas"])
-    if {"user_usual", "everyone_usual"} <= set(test):  # can the metric see a habit memory at all? its own family
-        compared = pd.concat([compared, comparisons(seeds, ["user_usual", "everyone_usual"], ["everyone_usual"], metric, (),
-                                                    cfg["arms"]["n_bootstrap"], cfg["arms"]["min_personas"])])
+    families = [(comparison_pairs([a for a in test if a not in POLICY_ARMS + (COMPARATOR_ARM,)], REFERENCE_ARMS),
+                 SECONDARY_METRICS),
+                (comparator_pairs(test), SECONDARY_METRICS),
+                ([("user_usual", "everyone_usual")] if {"user_usual", "everyone_usual"} <= set(test) else [], ())]
+    compared = pd.concat([comparisons(seeds, pairs, metric, secondary, cfg["arms"]["n_bootstrap"],
+                                      cfg["arms"]["min_personas"]) for pairs, secondary in families])
     markdown = markdown_tables(table, compared, metric)
     costs = training_costs(availability)
     stage_done("statistics")

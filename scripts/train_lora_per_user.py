@@ -2,7 +2,7 @@
 one unified or one per persona.
 
     python scripts/train_lora_per_user.py --config configs/lora_training.json
-        [--scope per_user|all|per_user_on_all|prefix_all|prefix_per_user]
+        [--scope per_user|all|per_user_on_all|all_on_all|prefix_all|prefix_per_user]
         [--personas p1,p2 | --max_personas N] [--output_dir DIR] [--overwrite]
 
 The base model is loaded once. Each adapter trains on whole train-split dialogues (loss on
@@ -19,13 +19,16 @@ one by one); each still gets exactly its own updates and its own folder.
 Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N ...` on CPU)
 split the persona list between them; the summary covers all of them.
 
-training.epochs caps every scope's epochs; training.unified_epochs, if set, caps the unified adapter's
-instead. Every adapter is trained once per seed of training.seeds. Scopes write to the config's `adapters`
+training.epochs caps every scope's epochs; training.unified_epochs, if set, caps the unified adapters'
+(all, prefix_all) instead. Every adapter is trained once per seed of training.seeds. Scopes write to the config's `adapters`
 section (or --output_dir):
   all              adapters.lora_all             (models/lora_all/seed_<s>/)
   per_user         adapters.lora_per_user        (models/lora_per_user/seed_<s>/<persona_id>/)
   per_user_on_all  adapters.lora_per_user_on_all (models/lora_per_user_on_all/seed_<s>/<persona_id>/),
                    trained on the base model with the unified adapter of the same seed merged in
+  all_on_all       adapters.lora_all_on_all      (models/lora_all_on_all/seed_<s>/): the comparator for the
+                   scope above, one adapter trained the same way on everyone's dialogues (more training,
+                   no per-user memory: design.md, Decision rules)
   prefix_all       adapters.prefix_all           (models/prefix_all/seed_<s>/): PEFT prefix tuning (config
                    section `prefix`: num_virtual_tokens, projection), with the same training core
   prefix_per_user  adapters.prefix_per_user      (models/prefix_per_user/seed_<s>/<persona_id>/)
@@ -44,7 +47,14 @@ from adaptcommand.evaluation.action_metrics import ActionExtractor
 from adaptcommand.evaluation.cloze import first_value_spans
 from adaptcommand.evaluation.routine_knowledge import message_actions
 from adaptcommand.model.adapters import arm_folder, is_complete, jobs_for, merge_unified, seeded
-from adaptcommand.model.config import PREFIX_ARMS, SCOPE_ARM, UNIFIED_ARMS, add_config_arguments, load_config
+from adaptcommand.model.config import (
+    ON_UNIFIED_ARMS,
+    PREFIX_ARMS,
+    SCOPE_ARM,
+    UNIFIED_ARMS,
+    add_config_arguments,
+    load_config,
+)
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_in_groups
 from adaptcommand.model.training import (
@@ -89,7 +99,7 @@ def main():
     cfg = load_config(args.config, args.set)
     scope = args.scope or cfg["training"]["scope"]
     arm = SCOPE_ARM[scope]
-    if arm in UNIFIED_ARMS and cfg["training"]["unified_epochs"] is not None:
+    if arm in UNIFIED_ARMS and arm not in ON_UNIFIED_ARMS and cfg["training"]["unified_epochs"] is not None:
         cfg["training"]["epochs"] = cfg["training"]["unified_epochs"]
     output_dir = Path(args.output_dir or cfg["adapters"][arm])
     dialogs = load_dialogs(cfg["data"]["dialogs"])
@@ -147,7 +157,7 @@ def main():
             seed_jobs = [job for job in todo if job.seed == seed]
             seed_cfg = seeded(cfg, seed)
             seed_extra = {**extra, "seed": seed}
-            if arm == "lora_per_user_on_all":  # on the unified adapter of the same seed, merged into a fresh base
+            if arm in ON_UNIFIED_ARMS:  # on the unified adapter of the same seed, merged into a fresh base
                 unified = arm_folder(cfg["adapters"], "lora_all", seed=seed)
                 if seed != todo[0].seed:  # the first seed merges into the base loaded above
                     model = load_model_and_tokenizer(cfg["model"]["name"], device, cfg["model"]["dtype"])[0]

@@ -209,3 +209,55 @@ def test_a_small_policy_and_prompt_run_never_crashes_in_the_tables(tiny_model_di
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "arm_metrics.json").read_text())
     assert summary["turns"] == 6 and set(summary["arms"]) == {"baseline", "retrieval", "echo", "oracle"}
+
+
+def test_the_more_training_comparator_is_served_on_the_unified_adapter_in_a_family_of_its_own(
+        tiny_model_dir, demo_files, tmp_path):
+    """lora_all_on_all sits on the merged unified adapter like per-user-on-unified adapters, and is compared
+    only in its own family: per-user-on-unified against it, it against lora_all (design.md, Decision rules)."""
+    from peft import LoraConfig, get_peft_model
+
+    from adaptcommand.model.adapters import save_adapter
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+
+    models = tmp_path / "models"
+    model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                                adapter_name="x")
+    for folder in ([models / "lora_all" / "seed_0", models / "all_on_all" / "seed_0"]
+                   + [models / "on_all" / "seed_0" / p for p in ("persona_000", "persona_001")]):
+        save_adapter(peft_model, "x", folder, {"note": "random"})
+        with torch.no_grad():  # each adapter its own weights
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.3)
+    arms = ["baseline", "lora_all", "lora_per_user_on_all", "lora_all_on_all"]
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
+        "generation": {"max_new_tokens": 3, "batch_size": 8}, "evaluation": {"cloze": False},
+        "adapters": {"lora_all": str(models / "lora_all"), "lora_per_user_on_all": str(models / "on_all"),
+                     "lora_all_on_all": str(models / "all_on_all")},
+        "arms": {"names": arms, "best_on_val": False, "n_bootstrap": 100}}))
+    out = tmp_path / "out"
+    result = run_script("eval_lora.py", "--config", config, "--output_dir", out, "--max_examples", "6")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "arm_metrics.json").read_text())
+    assert set(summary["arms"]) == set(arms)
+    assert summary["arms"]["lora_all_on_all"]["personas"] == summary["arms"]["baseline"]["personas"] > 0
+    assert summary["seeds"]["lora_all_on_all"] == [0]
+    primary = [r for r in csv.DictReader((out / "comparison.csv").open()) if r["metric"] == "routine_f1"]
+    pairs = {(r["arm"], r["ref"]) for r in primary}
+    assert {("lora_per_user_on_all", "lora_all_on_all"), ("lora_all_on_all", "lora_all"),
+            ("lora_per_user_on_all", "lora_all"), ("lora_all", "baseline")} <= pairs
+    assert ("lora_per_user_on_all", "baseline") in pairs and ("lora_all_on_all", "baseline") not in pairs
+    # without a usable unified adapter the comparator cannot be served, like per-user-on-unified adapters
+    (models / "lora_all" / "seed_0" / "adapter_model.safetensors").write_bytes(b"not weights")
+    result = run_script("eval_lora.py", "--config", config, "--output_dir", tmp_path / "out2", "--max_examples", "6")
+    assert result.returncode == 1 and "no usable adapter at all for lora_all, lora_per_user_on_all, lora_all_on_all" \
+        in result.stderr
+    assert re.search(r"lora_all_on_all: unusable adapter \S*all_on_all/seed_0: its unified adapter", result.stdout)
+    summary = json.loads((tmp_path / "out2" / "arm_metrics.json").read_text())
+    assert set(summary["arms"]) == {"baseline"}

@@ -29,7 +29,8 @@ def test_each_pair_of_arms_is_compared_once():
     assert len(pairs) == 3 * 3 + 3 and len(set(map(frozenset, pairs))) == len(pairs)
     assert ("lora_all", "baseline") in pairs and ("baseline", "lora_all") not in pairs
     seeds = _seeds(np.random.default_rng(0))
-    family = comparisons(seeds, ["baseline", "retrieval", "lora_all", "lora_per_user"], REFS, "routine_f1", (), 200, 10)
+    family = comparisons(seeds, comparison_pairs(["baseline", "retrieval", "lora_all", "lora_per_user"], REFS), "routine_f1",
+                         (), 200, 10)
     assert len(family) == 6 and family["holm_p"].notna().all()
 
 

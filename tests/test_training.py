@@ -78,7 +78,7 @@ def train_config(tmp_path, tiny_arch_dir, demo_files):
                "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
                "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "max_seq_length": 512, **training},
                "adapters": {"lora_all": str(tmp_path / "lora_all"), "lora_per_user": str(tmp_path / "per_user"),
-                            "lora_per_user_on_all": str(tmp_path / "on_all")}}
+                            "lora_per_user_on_all": str(tmp_path / "on_all"), "lora_all_on_all": str(tmp_path / "all_on_all")}}
         path = tmp_path / f"train_{len(list(tmp_path.glob('train_*.json')))}.json"
         path.write_text(json.dumps(cfg))
         return path
@@ -263,6 +263,14 @@ def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
         log = json.loads((out / f"seed_{seed}" / "persona_002" / "train_log.json").read_text())
         assert log["on_unified_adapter"] == str((unified / f"seed_{seed}").resolve())
         assert log["scope"] == "per_user_on_all" and log["seed"] == seed and len(log["epochs"]) == 1
+    # the comparator: one adapter on everyone's dialogues, on the unified adapter, capped like the per-user ones
+    result = run_script("train_lora_per_user.py", "--config", config, "--scope", "all_on_all")
+    assert result.returncode == 0, result.stderr
+    for seed in (0, 1):
+        log = json.loads((tmp_path / "all_on_all" / f"seed_{seed}" / "train_log.json").read_text())
+        assert log["on_unified_adapter"] == str((unified / f"seed_{seed}").resolve())
+        assert log["scope"] == "all_on_all" and log["train_examples"] == 3 * 6 and len(log["epochs"]) == 1
+    assert (tmp_path / "lora_all_on_all_training_summary.csv").is_file()
     # without a unified adapter the scope is refused clearly
     shutil.rmtree(unified)
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",

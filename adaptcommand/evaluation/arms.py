@@ -3,8 +3,8 @@
 Prompt arms (baseline, character, retrieval) run on the base model. Adapter arms run through
 PEFT adapters loaded into one model: the unified adapter and every per-user adapter, of every
 training seed found, sit side by side and each row of a batch names its own (`adapter_names`).
-Per-user adapters trained on top of the unified one need the unified adapter of their seed merged
-into the base first, so they get another copy of the model per seed; prefix-tuning adapters (the
+Adapters trained on top of the unified one (per-user-on-unified and its comparator) need the unified
+adapter of their seed merged into the base first, so they get another copy of the model per seed; prefix-tuning adapters (the
 prefix arms) get one more copy (PEFT keeps prefix and LoRA adapters apart, and runs prefix adapters
 one at a time): a `ModelGroup` is one loaded model and the arms it serves. Reference policies (echo, oracle, silent) need no model at all.
 """
@@ -23,7 +23,7 @@ from adaptcommand.model.adapters import (
     merge_unified,
     seeds_found,
 )
-from adaptcommand.model.config import ADAPTER_ARMS, PREFIX_ARMS, PROMPT_ARMS, arm_prompt
+from adaptcommand.model.config import ADAPTER_ARMS, ON_UNIFIED_ARMS, PREFIX_ARMS, PROMPT_ARMS, arm_prompt
 from adaptcommand.model.modeling import load_model_and_tokenizer
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -32,7 +32,7 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 def adapter_name(arm, persona=None, seed=0):
     """PEFT adapter names: no dots, and never containing 'lora_' (PEFT would re-initialise them)."""
     return {"lora_all": "unified", "lora_per_user": f"user_{persona}", "lora_per_user_on_all": f"onall_{persona}",
-            "prefix_all": "prefixall", "prefix_per_user": f"prefix_{persona}"}[arm] + f"_s{seed}"
+            "lora_all_on_all": "allonall", "prefix_all": "prefixall", "prefix_per_user": f"prefix_{persona}"}[arm] + f"_s{seed}"
 
 
 @dataclass
@@ -58,7 +58,8 @@ class ArmAdapters:
 def find_adapters(cfg, arms, personas):
     """{adapter arm: ArmAdapters} for the arms asked for, over every seed folder found under each arm's root.
 
-    A per-user-on-unified adapter of seed s counts only beside a complete unified adapter of seed s.
+    An adapter trained on the unified one (ON_UNIFIED_ARMS) of seed s counts only beside a complete unified
+    adapter of seed s.
     """
     adapters = cfg["adapters"]
     found = {}
@@ -71,7 +72,7 @@ def find_adapters(cfg, arms, personas):
             for p in personas:
                 folder = Path(arm_folder(adapters, arm, p, seed))
                 problem = folder_problem(folder) if folder.is_dir() else "no folder"
-                if problem is None and arm == "lora_per_user_on_all" and not is_complete(unified):
+                if problem is None and arm in ON_UNIFIED_ARMS and not is_complete(unified):
                     problem = f"its unified adapter {unified} is not complete"
                 if problem is None:
                     complete.setdefault(p, {})[seed] = folder
@@ -110,9 +111,10 @@ def load_model_groups(cfg, arms, availability):
         if unified is not None:
             problem = adapter_problem(unified, model)
             if problem:
-                for p in list(availability["lora_per_user_on_all"].found):
-                    if seed in availability["lora_per_user_on_all"].found[p]:
-                        availability["lora_per_user_on_all"].drop(p, seed, f"its unified adapter {unified}: {problem}")
+                for arm in group_arms:
+                    for p in list(availability[arm].found):
+                        if seed in availability[arm].found[p]:
+                            availability[arm].drop(p, seed, f"its unified adapter {unified}: {problem}")
                 return None
             model = merge_unified(model, unified)
         check_adapters(model, [availability[arm] for arm in group_arms if arm in availability], seed)
@@ -127,9 +129,9 @@ def load_model_groups(cfg, arms, availability):
     shared = [a for a in arms if a in PROMPT_ARMS or (a in ("lora_all", "lora_per_user") and availability[a].found)]
     if shared:
         groups.append(group("shared", shared))
-    if "lora_per_user_on_all" in arms:
-        for seed in availability["lora_per_user_on_all"].seeds():
-            groups.append(group(f"on_unified_s{seed}", ["lora_per_user_on_all"], seed))
+    on_unified = [a for a in arms if a in ON_UNIFIED_ARMS]
+    for seed in sorted({s for a in on_unified for s in availability[a].seeds()}):
+        groups.append(group(f"on_unified_s{seed}", on_unified, seed))
     prefix = [a for a in arms if a in PREFIX_ARMS and availability[a].found]
     if prefix:  # PEFT does not hold prefix and LoRA adapters in one model: a copy of the base of their own
         groups.append(group("prefix", prefix))

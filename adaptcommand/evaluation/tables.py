@@ -137,11 +137,11 @@ def comparison_pairs(arms, refs):
     return pairs
 
 
-def comparisons(seeds, arms, refs, primary, secondary, n_boot, min_personas):
-    """Every arm against every reference arm: the primary metric's family gets Holm and verdicts."""
+def comparisons(seeds, pairs, primary, secondary, n_boot, min_personas):
+    """Each (arm, ref) pair on each metric: the primary metric's comparisons are one family, with Holm and verdicts."""
     family, others = [], []
     for metric in [primary, *[m for m in secondary if m != primary]]:
-        for arm, ref in comparison_pairs(arms, refs):
+        for arm, ref in pairs:
             result = compare(arm, ref, metric, scores_by_persona(seeds, arm, metric),
                              scores_by_persona(seeds, ref, metric), n_boot, seed=0)
             (family if metric == primary else others).append(result)

@@ -29,6 +29,9 @@ PROMPT_ARMS = ("baseline", "character", "retrieval")
 # reference replies that need no model (adaptcommand/evaluation/routine_knowledge.py)
 POLICY_ARMS = ("silent", "echo", "echo_assistant", "rotate_usual", "oracle", "user_usual", "everyone_usual")
 LORA_ARMS = ("lora_all", "lora_per_user", "lora_per_user_on_all")
+# the more-training comparator: the unified adapter trained further on everyone's dialogues with the
+# per-user-on-unified recipe, so that arm's gain can be split into more training and per-user memory
+COMPARATOR_ARM = "lora_all_on_all"
 # per-persona metrics the evaluation reports, any of which a config may name as arms.primary_metric
 PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f1", "param_given_f1",
                    "param_private_f1", "param_precision", "param_recall", "device_f1", "device_precision",
@@ -37,10 +40,11 @@ PERSONA_METRICS = ("routine_f1", "routine_recall", "routine_precision", "param_f
                    "cloze_top1")
 # prefix-tuning adapters (PEFT PrefixTuningConfig): trained by train_lora_per_user.py's prefix scopes
 PREFIX_ARMS = ("prefix_all", "prefix_per_user")
-ADAPTER_ARMS = LORA_ARMS + PREFIX_ARMS
-UNIFIED_ARMS = ("lora_all", "prefix_all")  # one adapter over every persona's dialogues
+ADAPTER_ARMS = LORA_ARMS + (COMPARATOR_ARM,) + PREFIX_ARMS
+UNIFIED_ARMS = ("lora_all", COMPARATOR_ARM, "prefix_all")  # one adapter over every persona's dialogues
+ON_UNIFIED_ARMS = ("lora_per_user_on_all", COMPARATOR_ARM)  # trained on the unified adapter of their seed, merged in
 SCOPE_ARM = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all",
-             "prefix_all": "prefix_all", "prefix_per_user": "prefix_per_user"}
+             "all_on_all": COMPARATOR_ARM, "prefix_all": "prefix_all", "prefix_per_user": "prefix_per_user"}
 
 # section -> key -> (allowed types, default)
 SCHEMA = {
@@ -110,6 +114,7 @@ SCHEMA = {
         "lora_all": (str, "models/lora_all"),
         "lora_per_user": (str, "models/lora_per_user"),
         "lora_per_user_on_all": (str, "models/lora_per_user_on_all"),
+        "lora_all_on_all": (str, "models/lora_all_on_all"),
         "prefix_all": (str, "models/prefix_all"),
         "prefix_per_user": (str, "models/prefix_per_user"),
     },
