@@ -12,9 +12,9 @@ trained further the way per-user-on-unified adapters are, on everyone's dialogue
 tells more training from per-user memory), the prefix arms, and best_on_val (per persona, the model arm
 with the best validation score, reported on test). All
 adapters sit in one PEFT model and each generation batch mixes personas and arms, each row with
-its own adapter (`adapter_names`), so 200 personas cost about what one adapter costs. Per-user
-adapters trained on top of the unified one are served by a second copy of the base model with the
-unified adapter merged in. An arm with adapters missing for some personas is evaluated on the
+its own adapter (`adapter_names`), so 200 personas cost about what one adapter costs. Adapters
+trained on top of the unified one (per-user-on-unified and the comparator) are served by a second
+copy of the base model with the unified adapter merged in. An arm with adapters missing for some personas is evaluated on the
 others and the missing personas are reported. Several processes (`accelerate launch` /
 `torchrun`) split the personas; the main process gathers the records and writes the outputs.
 

@@ -20,8 +20,8 @@ Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N
 split the persona list between them; the summary covers all of them.
 
 training.epochs caps every scope's epochs; training.unified_epochs, if set, caps the unified adapters'
-(all, prefix_all) instead. Every adapter is trained once per seed of training.seeds. Scopes write to the config's `adapters`
-section (or --output_dir):
+(all, prefix_all) instead. Every adapter is trained once per seed of training.seeds. Scopes write to
+the config's `adapters` section (or --output_dir):
   all              adapters.lora_all             (models/lora_all/seed_<s>/)
   per_user         adapters.lora_per_user        (models/lora_per_user/seed_<s>/<persona_id>/)
   per_user_on_all  adapters.lora_per_user_on_all (models/lora_per_user_on_all/seed_<s>/<persona_id>/),

@@ -78,7 +78,8 @@ def train_config(tmp_path, tiny_arch_dir, demo_files):
                "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
                "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "max_seq_length": 512, **training},
                "adapters": {"lora_all": str(tmp_path / "lora_all"), "lora_per_user": str(tmp_path / "per_user"),
-                            "lora_per_user_on_all": str(tmp_path / "on_all"), "lora_all_on_all": str(tmp_path / "all_on_all")}}
+                            "lora_per_user_on_all": str(tmp_path / "on_all"),
+                            "lora_all_on_all": str(tmp_path / "all_on_all")}}
         path = tmp_path / f"train_{len(list(tmp_path.glob('train_*.json')))}.json"
         path.write_text(json.dumps(cfg))
         return path

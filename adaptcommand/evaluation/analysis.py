@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 # (arm, reference): the per-persona gains the who-benefits table correlates with the personas' traits
-GAINS = (("lora_per_user", "lora_all"), ("lora_per_user_on_all", "lora_all"), ("lora_per_user_on_all", "lora_all_on_all"),
-         ("retrieval", "baseline"))
+GAINS = (("lora_per_user", "lora_all"), ("lora_per_user_on_all", "lora_all"),
+         ("lora_per_user_on_all", "lora_all_on_all"), ("retrieval", "baseline"))
 GAIN_METRICS = ("routine_f1", "cloze_top1")
 
 

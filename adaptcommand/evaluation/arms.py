@@ -4,8 +4,8 @@ Prompt arms (baseline, character, retrieval) run on the base model. Adapter arms
 PEFT adapters loaded into one model: the unified adapter and every per-user adapter, of every
 training seed found, sit side by side and each row of a batch names its own (`adapter_names`).
 Adapters trained on top of the unified one (per-user-on-unified and its comparator) need the unified
-adapter of their seed merged into the base first, so they get another copy of the model per seed; prefix-tuning adapters (the
-prefix arms) get one more copy (PEFT keeps prefix and LoRA adapters apart, and runs prefix adapters
+adapter of their seed merged into the base first, so they get another copy of the model per seed;
+prefix-tuning adapters (the prefix arms) get one more copy (PEFT keeps prefix and LoRA adapters apart, and runs prefix adapters
 one at a time): a `ModelGroup` is one loaded model and the arms it serves. Reference policies (echo, oracle, silent) need no model at all.
 """
 
@@ -32,7 +32,8 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 def adapter_name(arm, persona=None, seed=0):
     """PEFT adapter names: no dots, and never containing 'lora_' (PEFT would re-initialise them)."""
     return {"lora_all": "unified", "lora_per_user": f"user_{persona}", "lora_per_user_on_all": f"onall_{persona}",
-            "lora_all_on_all": "allonall", "prefix_all": "prefixall", "prefix_per_user": f"prefix_{persona}"}[arm] + f"_s{seed}"
+            "lora_all_on_all": "allonall", "prefix_all": "prefixall",
+            "prefix_per_user": f"prefix_{persona}"}[arm] + f"_s{seed}"
 
 
 @dataclass
