@@ -69,6 +69,14 @@ def test_best_on_val_falls_back_to_the_best_arm_overall_without_val_evidence():
     assert len(records) == 3
 
 
+def _shift_lora_b(peft_model, by):
+    """Other adapter weights from the same PEFT model: every LoRA B matrix shifted by `by`."""
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.add_(by)
+
+
 def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, demo_files, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -85,10 +93,7 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     for persona in ("persona_000", "persona_001"):  # persona_002 has no per-user adapter
         save_adapter(peft_model, "x", models / "per_user" / "seed_0" / persona, {"note": "random"})
         save_adapter(peft_model, "x", models / "on_all" / "seed_0" / persona, {"note": "random"})
-    with torch.no_grad():  # a second training seed of one persona's adapter, with other weights
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.5)
+    _shift_lora_b(peft_model, 0.5)  # a second training seed of one persona's adapter, with other weights
     save_adapter(peft_model, "x", models / "per_user" / "seed_1" / "persona_000", {"note": "random"})
     config = tmp_path / "eval.json"
     config.write_text(json.dumps({
@@ -228,10 +233,7 @@ def test_the_more_training_comparator_is_served_on_the_unified_adapter_in_a_fami
     for folder in ([models / "lora_all" / "seed_0", models / "all_on_all" / "seed_0"]
                    + [models / "on_all" / "seed_0" / p for p in ("persona_000", "persona_001")]):
         save_adapter(peft_model, "x", folder, {"note": "random"})
-        with torch.no_grad():  # each adapter its own weights
-            for name, p in peft_model.named_parameters():
-                if "lora_B" in name:
-                    p.add_(0.3)
+        _shift_lora_b(peft_model, 0.3)  # each adapter its own weights
     arms = ["baseline", "lora_all", "lora_per_user_on_all", "lora_all_on_all"]
     config = tmp_path / "eval.json"
     config.write_text(json.dumps({
