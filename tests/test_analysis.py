@@ -142,3 +142,21 @@ def test_projected_mde_scales_the_reported_one_by_the_square_root_of_personas():
     assert row["mde_12"] == pytest.approx(mde_12)
     assert row["mde_200"] == pytest.approx(minimum_detectable_effect(0.2, 200, 0.05))  # (1.96 + 0.84) x 0.2 / sqrt(200)
     assert row["mde_200"] == pytest.approx(0.0396, abs=1e-3)
+
+
+def test_projected_mde_of_a_secondary_metric_uses_its_sd_at_the_unadjusted_level():
+    from adaptcommand.evaluation.analysis import projected_mde
+    from adaptcommand.evaluation.study_stats import minimum_detectable_effect
+
+    holm_level_mde = minimum_detectable_effect(0.2, 12, 0.025)  # the primary family had two comparisons
+    compared = pd.DataFrame([
+        {"arm": "x", "ref": "lora_all", "metric": "routine_f1", "personas": 12, "macro_delta": 0.1, "delta_sd": 0.2,
+         "mde": holm_level_mde},
+        {"arm": "x", "ref": "lora_all", "metric": "cloze_top1", "personas": 12, "macro_delta": 0.2, "delta_sd": 0.08,
+         "mde": None}])
+    assert projected_mde(compared, "cloze_top1").empty  # no reported MDE to scale
+    cloze = projected_mde(compared, "cloze_top1", alpha=0.05).iloc[0]
+    assert cloze["mde_200"] == pytest.approx(2.8016 * 0.08 / 200 ** 0.5, abs=1e-4)  # (1.960 + 0.842) x sd / sqrt(n)
+    primary = projected_mde(compared, "routine_f1").iloc[0]
+    assert primary["mde_200"] == pytest.approx(minimum_detectable_effect(0.2, 200, 0.025))
+    assert primary["mde_200"] > minimum_detectable_effect(0.2, 200, 0.05)

@@ -182,6 +182,7 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
                     "## Learning curve", "## Time"):
         assert heading in report
     assert "| lora_per_user_on_all - lora_all | habit_gap |" in re.sub(" +", " ", report)
+    assert "The same for cloze top-1, a secondary metric" in report  # its MDE projected from its own SD
     for png in ("who_benefits_routine_f1.png", "compute_vs_gain.png", "learning_curve.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     result = run_script("analyze_results.py", "--results", out, "--curve", "two=x")

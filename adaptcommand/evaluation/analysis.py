@@ -8,6 +8,8 @@ training_costs.csv, memorization.csv, comparison.csv); nothing runs a model.
 import numpy as np
 import pandas as pd
 
+from adaptcommand.evaluation.study_stats import minimum_detectable_effect
+
 # (arm, reference): the per-persona gains the who-benefits table correlates with the personas' traits
 GAINS = (("lora_per_user", "lora_all"), ("lora_per_user_on_all", "lora_all"),
          ("lora_per_user_on_all", "lora_all_on_all"), ("retrieval", "baseline"))
@@ -46,16 +48,21 @@ def compute_against_gain(costs, seeds, metrics=GAIN_METRICS):
     return pd.DataFrame(rows)
 
 
-def projected_mde(compared, metric, sizes=(12, 30, 100, 200)):
-    """Each primary-metric comparison's minimum detectable effect at other numbers of personas, from the
-    SD of its per-persona deltas as observed: the MDE the evaluation reported (80% power at its family's
-    strictest Holm level) scaled by sqrt(personas / n)."""
-    primary = compared[(compared["metric"] == metric) & (compared["personas"] > 0) & compared["mde"].notna()]
+def projected_mde(compared, metric, sizes=(12, 30, 100, 200), alpha=None):
+    """Each comparison's minimum detectable effect on `metric` at other numbers of personas, from the SD of
+    its per-persona deltas as observed. alpha None (the primary metric): the MDE the evaluation reported (80%
+    power at its family's strictest Holm level) scaled by sqrt(personas / n). alpha given (a secondary metric
+    such as the cloze, which is in no Holm family and has no reported MDE): 80% power at that level, unadjusted."""
+    known = compared["mde"].notna() if alpha is None else compared["delta_sd"].notna()
+    chosen = compared[(compared["metric"] == metric) & (compared["personas"] > 0) & known]
     rows = []
-    for record in primary.to_dict("records"):
+    for record in chosen.to_dict("records"):
+        if alpha is None:
+            mde = {f"mde_{n}": record["mde"] * np.sqrt(record["personas"] / n) for n in sizes}
+        else:
+            mde = {f"mde_{n}": minimum_detectable_effect(record["delta_sd"], n, alpha) for n in sizes}
         rows.append({"arm": record["arm"], "ref": record["ref"], "personas": record["personas"],
-                     "delta": record["macro_delta"], "delta_sd": record["delta_sd"],
-                     **{f"mde_{n}": record["mde"] * np.sqrt(record["personas"] / n) for n in sizes}})
+                     "delta": record["macro_delta"], "delta_sd": record["delta_sd"], **mde})
     return pd.DataFrame(rows)
 
 
