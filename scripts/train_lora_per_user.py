@@ -176,7 +176,10 @@ def main():
                 except (UserError, ValueError, RuntimeError) as err:
                     report(job, None, f"{err} (after {time.perf_counter() - t0:.0f} s)")
 
-    summary = output_dir / "training_summary.csv" if arm not in UNIFIED_ARMS else output_dir.parent / f"{arm}_training_summary.csv"
+    # a unified adapter's folder holds only its seed folders, so its summary sits beside it, named after it
+    # (two unified recipes in one folder keep one summary each)
+    summary = (output_dir / "training_summary.csv" if arm not in UNIFIED_ARMS
+               else output_dir.parent / f"{output_dir.name}_training_summary.csv")
     rows = gather_rows(state, rows)
     if rows is None:
         return 0

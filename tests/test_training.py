@@ -246,6 +246,21 @@ def test_failing_persona_does_not_stop_the_others(train_config, demo_files, tmp_
     assert not (out / "seed_0" / "persona_001").exists() and (out / "seed_0" / "persona_000").is_dir()
 
 
+def test_two_unified_recipes_in_one_folder_keep_their_own_summaries(train_config, tmp_path):
+    config = train_config(epochs=1, unified_epochs=1)
+    first = run_script("train_lora_per_user.py", "--config", config, "--scope", "all")
+    assert first.returncode == 0, first.stderr
+    summary = (tmp_path / "lora_all_training_summary.csv").read_text()
+    second = run_script("train_lora_per_user.py", "--config", config, "--scope", "all",
+                        "--output_dir", tmp_path / "lora_all_lossall", "--set", "training.loss_on=all")
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "lora_all_training_summary.csv").read_text() == summary  # not overwritten by the second
+    rows = [next(csv.DictReader((tmp_path / f"{name}_training_summary.csv").open()))
+            for name in ("lora_all", "lora_all_lossall")]
+    assert [r["status"] for r in rows] == ["trained", "trained"]
+    assert rows[0]["train_loss"] != rows[1]["train_loss"]  # the second recipe's own row (loss on every turn)
+
+
 def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
     config = train_config(epochs=1, unified_epochs=2, early_stopping_patience=5, seeds=[0, 1])
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "all")
@@ -271,7 +286,7 @@ def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
         log = json.loads((tmp_path / "all_on_all" / f"seed_{seed}" / "train_log.json").read_text())
         assert log["on_unified_adapter"] == str((unified / f"seed_{seed}").resolve())
         assert log["scope"] == "all_on_all" and log["train_examples"] == 3 * 6 and len(log["epochs"]) == 1
-    assert (tmp_path / "lora_all_on_all_training_summary.csv").is_file()
+    assert (tmp_path / "all_on_all_training_summary.csv").is_file()  # beside its folder, named after it
     # without a unified adapter the scope is refused clearly
     shutil.rmtree(unified)
     result = run_script("train_lora_per_user.py", "--config", config, "--scope", "per_user_on_all",
