@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -302,6 +302,8 @@ def main():
     write_csv(out / "training_costs.csv", csv_rows(costs))
     if memorization:
         write_csv(out / "memorization.csv", memorization)
+    if cloze:
+        write_csv(out / "cloze_items.csv", [asdict(c) for c in cloze])
     write_csv(out / "arm_metrics_pooled.csv", csv_rows(pooled_table(test).reset_index()))
     if val:
         write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))
@@ -314,7 +316,7 @@ def main():
     print(markdown)
     print(f"{n_turns} test turns, {frame['persona_id'].nunique()} personas, "
           f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, per_persona_seed.csv, "
-          f"comparison.csv, comparison.md, arm_metrics_pooled.csv")
+          f"comparison.csv, comparison.md, arm_metrics_pooled.csv" + (", cloze_items.csv" if cloze else ""))
     print("plots: " + ", ".join(str(p) for p in plots))
     stage_done("outputs and plots")
     print("\ntime breakdown (training from the adapters' train logs; the model's forward+backward rate is the floor):")

@@ -135,6 +135,14 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     cloze = {r["arm"]: r["cloze_top1"] for r in rows if r["persona_id"] == "persona_000"}
     assert cloze["echo"] == "" and 0 <= float(cloze["baseline"]) <= 1 and float(cloze["lora_per_user"]) >= 0
     assert 0 < arms["baseline"]["cloze_chance"] < 1 and arms["lora_all"]["cloze_top1"] is not None
+    # each cloze item on its own: what the arm ranked first beside the user's value, the top-1 its mean
+    items = list(csv.DictReader((out / "cloze_items.csv").open()))
+    assert {r["arm"] for r in items} == {"baseline", "character", "retrieval", "lora_all", "lora_per_user",
+                                        "lora_per_user_on_all"}
+    assert all((r["picked"] == r["answer"]) == (r["correct"] == "True") and r["answer"] for r in items)
+    fresh = [r["correct"] == "True" for r in items
+             if (r["persona_id"], r["arm"], r["in_context"]) == ("persona_000", "baseline", "False")]
+    assert fresh and sum(fresh) / len(fresh) == pytest.approx(float(cloze["baseline"]))
     # every model arm against baseline, lora_all and retrieval; the primary metric's family has verdicts
     comparison = list(csv.DictReader((out / "comparison.csv").open()))
     primary = [r for r in comparison if r["metric"] == "routine_f1"]

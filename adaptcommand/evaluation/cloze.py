@@ -65,6 +65,10 @@ class ClozeResult:
     majority_correct: bool
     habit_correct: bool
     in_context: bool
+    device: str
+    param: str
+    answer: str  # the user's value as the candidates write it
+    picked: str  # the candidate the arm scored highest
 
 
 def _value_span(text, param, value):
@@ -301,4 +305,5 @@ def _result(item, scores, arm, seed, habits, majority):
     key = (item.device, item.param)
     habit = habits.get(item.persona_id, {}).get(key, majority.get(key))
     return ClozeResult(item.persona_id, arm, seed, item.dialog_index, item.message_index, best == item.answer,
-                       1 / len(item.candidates), majority.get(key) == item.value, habit == item.value, item.in_context)
+                       1 / len(item.candidates), majority.get(key) == item.value, habit == item.value, item.in_context,
+                       item.device, item.param, item.candidates[item.answer], item.candidates[best])
