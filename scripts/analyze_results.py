@@ -31,6 +31,7 @@ from adaptcommand.data.data_io import UserError, load_dialogs, read_json, run_cl
 from adaptcommand.data.splits import load_splits
 from adaptcommand.evaluation.analysis import (
     GAIN_METRICS,
+    cloze_item_breakdown,
     compute_against_gain,
     curve_points,
     markdown_table,
@@ -149,6 +150,16 @@ def main():
                         "and with the population's most common train value:\n\n")
         sections.append(markdown_table(stated, ["arm", "seed", "stated", "session_value", "user_usual_value",
                                                 "everyone_usual_value"]) + "\n")
+
+    items = read_table(out, "cloze_items.csv", required=False)
+    if items is not None:
+        sections.append("## The cloze item by item\n")
+        sections.append("Top-1 on the items whose value the dialogue had not stated yet, pooled over items: where the "
+                        "habit baseline (this user's most common train value) is right and where it is wrong, and on "
+                        "the first value the user states in a dialogue against the later ones, which the values "
+                        "stated before them can tell:\n\n")
+        breakdown = cloze_item_breakdown(items)
+        sections.append(markdown_table(breakdown, list(breakdown.columns)) + "\n")
 
     sections.append("## Memorisation: train sessions against test\n")
     if memorization is not None:

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adaptcommand.evaluation.analysis import compute_against_gain, curve_points, memorization_gaps, persona_gains
+from adaptcommand.evaluation.analysis import (
+    cloze_item_breakdown,
+    compute_against_gain,
+    curve_points,
+    memorization_gaps,
+    persona_gains,
+)
 from adaptcommand.evaluation.persona_traits import entropy_bits, persona_traits, spearman_interval, value_entropy
 
 
@@ -160,3 +166,25 @@ def test_projected_mde_of_a_secondary_metric_uses_its_sd_at_the_unadjusted_level
     primary = projected_mde(compared, "routine_f1").iloc[0]
     assert primary["mde_200"] == pytest.approx(minimum_detectable_effect(0.2, 200, 0.025))
     assert primary["mde_200"] > minimum_detectable_effect(0.2, 200, 0.05)
+
+
+def test_cloze_item_breakdown_splits_top1_by_the_habit_baseline_and_the_item_order():
+    def item(arm, dialog, message, correct, habit, in_context=False):
+        return {"arm": arm, "seed": 0 if arm == "lora_all" else np.nan, "dialog_index": dialog,
+                "message_index": message, "correct": correct, "habit_correct": habit, "in_context": in_context}
+
+    items = pd.DataFrame([
+        item("lora_all", 7, 2, False, True),   # dialogue 7's later value (stated after message 0's)
+        item("lora_all", 7, 0, True, False),   # dialogue 7's first value
+        item("lora_all", 7, 0, True, True),    # the same message's second value: later
+        item("lora_all", 7, 4, False, True, in_context=True),  # stated before: left out
+        item("lora_all", 9, 1, True, True),    # dialogue 9's first value
+        item("baseline", 7, 0, False, False),  # a prompt arm, no seed
+    ])
+    rows = {r["arm"]: r for r in cloze_item_breakdown(items).to_dict("records")}
+    mine = rows["lora_all"]
+    assert (mine["seed"], mine["items"], mine["top1"], mine["habit_top1"]) == (0, 4, 0.75, 0.75)
+    assert (mine["top1_where_habit_right"], mine["top1_where_habit_wrong"]) == (pytest.approx(2 / 3), 1.0)
+    assert (mine["top1_first_value"], mine["top1_later_values"]) == (1.0, 0.5)
+    assert rows["baseline"]["items"] == 1 and math.isnan(rows["baseline"]["seed"])
+    assert rows["baseline"]["top1_first_value"] == 0.0 and math.isnan(rows["baseline"]["top1_later_values"])

@@ -186,8 +186,8 @@ def test_eval_cli_reports_missing_adapters_and_writes_outputs(tiny_model_dir, de
     result = run_script("analyze_results.py", "--results", out, "--curve", f"4={out}", f"2={out}", "--label", "synthetic")
     assert result.returncode == 0, result.stderr
     report = (out / "analysis.md").read_text()
-    for heading in ("# Analysis: synthetic", "## Who benefits", "## Compute against gain", "## Memorisation",
-                    "## Learning curve", "## Time"):
+    for heading in ("# Analysis: synthetic", "## Who benefits", "## Compute against gain", "## The cloze item by item",
+                    "## Memorisation", "## Learning curve", "## Time"):
         assert heading in report
     assert "| lora_per_user_on_all - lora_all | habit_gap |" in re.sub(" +", " ", report)
     assert "The same for cloze top-1, a secondary metric" in report  # its MDE projected from its own SD

@@ -94,6 +94,23 @@ def curve_points(points, arms=("lora_per_user", "lora_per_user_on_all"), refs=("
                                        "ci_high", "verdict"])
 
 
+def cloze_item_breakdown(items):
+    """Top-1 of each arm (and seed) on the cloze's fresh items (cloze_items.csv; pooled over items), split by
+    what could explain it: whether the habit baseline (the user's most common train value) gets the item
+    right, and whether the item is the first value the user states in its dialogue (nothing stated before it
+    tells which routine the session follows) or a later one."""
+    fresh = items[~items["in_context"].astype(bool)].sort_values(
+        ["arm", "seed", "dialog_index", "message_index"], kind="stable")
+    fresh = fresh.assign(later=fresh.groupby(["arm", "seed", "dialog_index"], dropna=False).cumcount() > 0)
+    rows = []
+    for (arm, seed), g in fresh.groupby(["arm", "seed"], sort=False, dropna=False):
+        correct, habit, later = g["correct"].astype(bool), g["habit_correct"].astype(bool), g["later"]
+        rows.append({"arm": arm, "seed": seed, "items": len(g), "top1": correct.mean(), "habit_top1": habit.mean(),
+                     "top1_where_habit_right": correct[habit].mean(), "top1_where_habit_wrong": correct[~habit].mean(),
+                     "top1_first_value": correct[~later].mean(), "top1_later_values": correct[later].mean()})
+    return pd.DataFrame(rows)
+
+
 def markdown_table(frame, columns):
     """A markdown table of these columns, numbers with 3 decimals, blanks for missing values."""
     return frame[list(columns)].to_markdown(index=False, floatfmt=".3f", missingval="") + "\n"
