@@ -26,14 +26,22 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from adaptcommand.data.data_io import load_dialogs, read_json, run_cli, write_csv, write_json, write_text_atomic
 from adaptcommand.data.splits import choose_personas, load_splits, split_indices
-from adaptcommand.evaluation.arms import best_on_val, find_adapters, generate_rows, generation_rows, load_model_groups
+from adaptcommand.evaluation.arms import (
+    best_on_val,
+    find_adapters,
+    generate_rows,
+    generation_rows,
+    load_model_groups,
+    set_aside,
+)
 from adaptcommand.evaluation.cloze import cloze_items, habit_values, score_items
 from adaptcommand.evaluation.costs import time_breakdown, training_costs
 from adaptcommand.evaluation.evaluation import TurnScorer, collect_turns, make_retriever
@@ -79,10 +87,41 @@ class Evaluation:
     store: PredictionStore
 
 
-def evaluate_split(ev, split, arms, personas, max_examples, indices=None):
-    """{arm: turn records} of one split for these personas (or of `indices`: {persona: dialogue indices});
-    adapter arms' records carry their seed."""
-    turns = collect_turns(ev.dialogs, indices or split_indices(ev.splits, split, personas), max_examples)
+@dataclass
+class Records:
+    """What the evaluation of some personas produced: {arm: turn records} per split (train: the memorisation
+    check's sessions), cloze results on test and on those train sessions, and {folder: reason} for adapters
+    that could not be loaded."""
+    test: dict = field(default_factory=dict)
+    val: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    cloze: list = field(default_factory=list)
+    train_cloze: list = field(default_factory=list)
+    unusable: dict = field(default_factory=dict)
+
+    def add(self, other):
+        for split in ("test", "val", "train"):
+            for arm, records in getattr(other, split).items():
+                getattr(self, split).setdefault(arm, []).extend(records)
+        self.cloze += other.cloze
+        self.train_cloze += other.train_cloze
+        self.unusable.update(other.unusable)
+
+
+class Stopwatch:
+    """Seconds per named stage, added up over the groups of personas."""
+
+    def __init__(self, start):
+        self.stages, self.clock = {}, start
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self.clock
+        self.clock = now
+
+
+def evaluate_split(ev, split, arms, turns):
+    """{arm: turn records} of these turns; adapter arms' records carry their seed."""
     records = {}
     policies = [a for a in arms if a in POLICY_ARMS]
     usual = (usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
@@ -103,18 +142,18 @@ def evaluate_split(ev, split, arms, personas, max_examples, indices=None):
     return records
 
 
-def evaluate_cloze(ev, personas, indices=None, arms=None):
-    """ClozeResults of every model arm (or of `arms`; every seed) on the test split's stated routine values
-    (or on those of `indices`: {persona: dialogue indices})."""
+def evaluate_cloze(ev, indices, arms=None):
+    """ClozeResults of every model arm (or of `arms`; every seed) on the stated routine values of the dialogues
+    {persona: dialogue indices}."""
     def actions_of(index):
         return ev.scorer.dialog_state(ev.dialogs, index)[0]
 
-    items = cloze_items(ev.dialogs, indices or split_indices(ev.splits, "test", personas), actions_of)
+    items = cloze_items(ev.dialogs, indices, actions_of)
     habits = habit_values(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()}, actions_of)
     results = []
     for group in ev.groups:
         for arm in [a for a in group.arms if arms is None or a in arms]:
-            seeds = {s for p in personas for s in group.adapters_for(arm, p)}
+            seeds = {s for p in indices for s in group.adapters_for(arm, p)}
             for seed in sorted(seeds, key=lambda s: -1 if s is None else s):
                 def adapter_of(persona, arm=arm, seed=seed, group=group):
                     return group.adapters_for(arm, persona).get(seed)
@@ -129,23 +168,58 @@ def routine_train_sessions(dialogs, train, sessions):
     return [i for i in first_sessions(train) if dialogs[i].get("applied_routines")][-sessions:]
 
 
-def evaluate_memorization(ev, arms, personas, sessions, test, test_cloze):
+def persona_groups(personas, size):
+    return [personas[start:start + size] for start in range(0, len(personas), size)]
+
+
+def evaluate_personas(ev, arms, personas, max_examples, watch):
+    """Records of every split and check the config asks for, evaluation.persona_group personas at a time: each
+    group's adapters are put on the models (ModelGroup.serve), then its test, val, cloze and train turns run."""
+    cfg = ev.cfg
+    model_arms = [a for a in arms if a not in POLICY_ARMS]  # best_on_val never picks a reference reply
+    memorized = [a for a in arms if a == "baseline" or a in ADAPTER_ARMS]
+    sessions = cfg["evaluation"]["train_sessions"]
+    splits = ["test"] + (["val"] if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else [])
+    turns = {split: collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples) for split in splits}
+    out = Records()
+    for group in tqdm(persona_groups(personas, cfg["evaluation"]["persona_group"]), desc="persona groups",
+                      unit="group", disable=len(personas) <= cfg["evaluation"]["persona_group"]):
+        here = set(group)
+        for model_group in ev.groups:
+            out.unusable.update(model_group.serve(group))
+        watch.lap("load adapters")
+        for split in splits:
+            records = evaluate_split(ev, split, arms if split == "test" else model_arms,
+                                     [t for t in turns[split] if t["persona_id"] in here])
+            out.add(Records(**{split: records}))
+            watch.lap(f"replies and scores, {split}")
+        if cfg["evaluation"]["cloze"]:
+            out.cloze += evaluate_cloze(ev, split_indices(ev.splits, "test", group))
+            watch.lap("cloze")
+        if sessions and memorized:
+            indices = {p: routine_train_sessions(ev.dialogs, ev.splits[p]["train"], sessions) for p in group}
+            out.add(Records(train=evaluate_split(ev, "train", memorized, collect_turns(ev.dialogs, indices)),
+                            train_cloze=evaluate_cloze(ev, indices, memorized) if cfg["evaluation"]["cloze"] else []))
+            watch.lap("memorization (train sessions)")
+    return out
+
+
+def memorization_rows(arms, records):
     """Routine F1 and cloze top-1 (macro over personas, seeds averaged) of the adapter arms and baseline on each
-    persona's last `sessions` routine-driven train dialogues, beside the same on test: one row per (arm, split),
-    with how many personas, turns and cloze items each mean stands on."""
+    persona's last routine-driven train dialogues, beside the same on test: one row per (arm, split), with how
+    many personas, turns and cloze items each mean stands on."""
     arms = [a for a in arms if a == "baseline" or a in ADAPTER_ARMS]
-    indices = {p: routine_train_sessions(ev.dialogs, ev.splits[p]["train"], sessions) for p in personas}
-    on_train = evaluate_split(ev, "train", arms, personas, None, indices)
-    train_cloze = evaluate_cloze(ev, personas, indices, arms) if ev.cfg["evaluation"]["cloze"] else []
+    if not any(records.train.get(a) for a in arms):
+        return []
     rows = []
-    for split, records, cloze in (("train", on_train, train_cloze), ("test", test, test_cloze)):
-        frame = persona_frame(seed_frame({a: records[a] for a in arms if a in records},
+    for split, by_arm, cloze in (("train", records.train, records.train_cloze), ("test", records.test, records.cloze)):
+        frame = persona_frame(seed_frame({a: by_arm[a] for a in arms if a in by_arm},
                                          [c for c in cloze if c.arm in arms]))
         for arm, scores in frame.groupby("arm", sort=False):
             items = [c for c in cloze if c.arm == arm]
             seeds = max(1, len({c.seed for c in items}))
             rows.append({"arm": arm, "split": split, "personas": len(scores),
-                         "turns": len(records.get(arm, [])) // max(1, len({r["seed"] for r in records.get(arm, [])})),
+                         "turns": len(by_arm.get(arm, [])) // max(1, len({r["seed"] for r in by_arm.get(arm, [])})),
                          "cloze_items": len(items) // seeds,
                          **{m: scores[m].mean() if m in scores else None for m in ("routine_f1", "cloze_top1")}})
     return rows
@@ -212,56 +286,36 @@ def main():
         with state.split_between_processes(personas) as shard:
             mine = list(shard)
         print(f"process {state.process_index}/{state.num_processes}: {len(mine)} persona(s)")
-    for found in availability.values():
-        found.found = {p: f for p, f in found.found.items() if p in mine}
     embedder = load_embedder(cfg["evaluation"]["embedding_model"])
     retriever = (make_retriever(embedder, dialogs, splits, cfg["prompt"]["retrieved_history"])
                  if any(arm_prompt(a, cfg["prompt"])["retrieval"] for a in arms) else None)
-    groups = load_model_groups(cfg, arms, availability)  # sets aside adapters that cannot be loaded
-    unusable = {arm: found.unusable for arm, found in availability.items() if found.unusable}
-    for arm, folders in unusable.items():
-        for folder, reason in folders.items():
-            print(f"warning: {arm}: unusable adapter {folder}: {reason}")
+    groups = load_model_groups(cfg, arms, availability, mine)
     store = PredictionStore.open(args.output_dir, args.fresh, state.process_index if state is not None else None)
     ev = Evaluation(cfg, dialogs, splits, groups, TurnScorer(embedder), retriever, store)
 
     # ---- evaluate
-    stages = {"load data and models": time.perf_counter() - t0}
-    clock = time.perf_counter()
-
-    def stage_done(name):
-        nonlocal clock
-        stages[name], clock = time.perf_counter() - clock, time.perf_counter()
-
-    model_arms = [a for a in arms if a not in POLICY_ARMS]  # best_on_val never picks a reference reply
-    test = evaluate_split(ev, "test", arms, mine, max_examples)
-    stage_done("replies and scores, test")
-    val = (evaluate_split(ev, "val", model_arms, mine, max_examples)
-           if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else {})
-    if val:
-        stage_done("replies and scores, val (best_on_val)")
-    cloze = evaluate_cloze(ev, mine) if cfg["evaluation"]["cloze"] else []
-    if cloze:
-        stage_done("cloze")
-    memorization = []
-    if cfg["evaluation"]["train_sessions"] and state is None:
-        memorization = evaluate_memorization(ev, arms, mine, cfg["evaluation"]["train_sessions"], test, cloze)
-        stage_done("memorization (train sessions)")
+    watch = Stopwatch(t0)
+    watch.lap("load data and models")
+    records = evaluate_personas(ev, arms, mine, max_examples, watch)
     print(store.summary())
-    gathered = gather_rows(state, [(split, arm, r) for split, recs in (("test", test), ("val", val))
-                                   for arm, rs in recs.items() for r in rs] + [("cloze", r.arm, r) for r in cloze]
-                           + [("unusable", arm, item) for arm, folders in unusable.items() for item in folders.items()])
+    gathered = gather_rows(state, [records])
     if gathered is None:
         return 0
-    test, val, cloze, unusable = {}, {}, [], {}
-    for split, arm, record in gathered:
-        if split == "cloze":
-            cloze.append(record)
-        elif split == "unusable":
-            unusable.setdefault(arm, {})[record[0]] = record[1]
-        else:
-            (test if split == "test" else val).setdefault(arm, []).append(record)
-    test = {arm: test[arm] for arm in arms if arm in test}
+    records = Records()
+    for part in gathered:
+        records.add(part)
+    set_aside(availability, records.unusable)
+    unusable = {arm: found.unusable for arm, found in availability.items() if found.unusable}
+    for arm, folders in unusable.items():
+        for folder, reason in folders.items():
+            print(f"warning: {arm}: unusable adapter {folder}: {reason}")
+    memorization = []
+    if cfg["evaluation"]["train_sessions"]:
+        memorization = memorization_rows(arms, records)
+        if not memorization:
+            print("memorization check skipped: no baseline or adapter arm to evaluate on train sessions")
+    test, val, cloze = {arm: records.test[arm] for arm in arms if arm in records.test}, records.val, records.cloze
+    model_arms = [a for a in arms if a not in POLICY_ARMS]
 
     # ---- summarize
     choice = {}
@@ -279,7 +333,7 @@ def main():
                                       cfg["arms"]["min_personas"]) for pairs, secondary in families])
     markdown = markdown_tables(table, compared, metric)
     costs = training_costs(availability)
-    stage_done("statistics")
+    watch.lap("statistics")
 
     # ---- write
     out = Path(args.output_dir)
@@ -294,7 +348,7 @@ def main():
         "seeds": {arm: found.seeds() for arm, found in availability.items()},
         "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>", "<seed>")) for arm in availability},
         "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0,
-        "stage_seconds": stages, "device": device_name(cfg["model"]["device"] if cfg["model"]["device"] != "auto"
+        "stage_seconds": watch.stages, "device": device_name(cfg["model"]["device"] if cfg["model"]["device"] != "auto"
                                                        else pick_device())})
     write_csv(out / "per_persona.csv", csv_rows(with_deltas(frame, REFERENCE_ARMS, [metric, *SECONDARY_METRICS])))
     write_csv(out / "per_persona_seed.csv", csv_rows(seeds))
@@ -318,9 +372,9 @@ def main():
           f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, per_persona_seed.csv, "
           f"comparison.csv, comparison.md, arm_metrics_pooled.csv" + (", cloze_items.csv" if cloze else ""))
     print("plots: " + ", ".join(str(p) for p in plots))
-    stage_done("outputs and plots")
+    watch.lap("outputs and plots")
     print("\ntime breakdown (training from the adapters' train logs; the model's forward+backward rate is the floor):")
-    print(time_breakdown(costs, stages))
+    print(time_breakdown(costs, watch.stages))
     empty = [arm for arm in cfg["arms"]["names"] if arm in ADAPTER_ARMS and arm not in test]
     if empty:
         print(f"error: no usable adapter at all for {', '.join(empty)} (see the warnings above)", file=sys.stderr)

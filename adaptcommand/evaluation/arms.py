@@ -1,8 +1,9 @@
 """Which model serves each arm, and the generation rows of an evaluation.
 
-Prompt arms (baseline, character, retrieval) run on the base model. Adapter arms run through
-PEFT adapters loaded into one model: the unified adapter and every per-user adapter, of every
-training seed found, sit side by side and each row of a batch names its own (`adapter_names`).
+Prompt arms (baseline, character, retrieval) run on the base model. LoRA arms run through one
+AdapterStore on that model (adaptcommand/model/serving.py): the unified adapter and the per-user
+adapters of a group of personas, of every training seed found, sit side by side and each row of a
+batch names its own; the evaluation serves the personas a group at a time.
 Adapters trained on top of the unified one (per-user-on-unified and its comparator) need the unified
 adapter of their seed merged into the base first, so they get another copy of the model per seed;
 prefix-tuning adapters (the prefix arms) get one more copy (PEFT keeps prefix and LoRA adapters apart, and runs prefix adapters
@@ -25,8 +26,7 @@ from adaptcommand.model.adapters import (
 )
 from adaptcommand.model.config import ADAPTER_ARMS, ON_UNIFIED_ARMS, PREFIX_ARMS, PROMPT_ARMS, arm_prompt
 from adaptcommand.model.modeling import load_model_and_tokenizer
-
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+from adaptcommand.model.serving import BASE, AdapterStore, routes_adapters, store_of
 
 
 def adapter_name(arm, persona=None, seed=0):
@@ -83,9 +83,22 @@ def find_adapters(cfg, arms, personas):
     return found
 
 
+def set_aside(availability, unusable):
+    """Drop every adapter of {folder: reason} from the arms that hold it, as unusable for that reason."""
+    for found in availability.values():
+        for persona in list(found.found):
+            for seed, folder in list(found.found[persona].items()):
+                if str(folder) in unusable:
+                    found.drop(persona, seed, unusable[str(folder)])
+
+
 @dataclass
 class ModelGroup:
-    """One loaded model, the arms it serves and, per adapter arm, each persona's adapter name per seed."""
+    """One loaded model, the arms it serves and, per adapter arm, each persona's adapter name per seed.
+
+    `serve(personas)` puts the adapters of a group of personas on the model (a LoRA group's AdapterStore,
+    a prefix group's PEFT model), so what a call costs and what the model holds depend on that group, not on
+    how many adapters were trained."""
     name: str
     model: object
     tokenizer: object
@@ -93,6 +106,7 @@ class ModelGroup:
     adapters: dict  # arm -> {persona: {seed: adapter name}}
     folders: dict = field(default_factory=dict)  # adapter name -> folder
     merged: Path = None  # the unified adapter merged into this group's base, if any
+    base: object = None  # a prefix group's plain model, wrapped anew for each group of personas
 
     def adapters_for(self, arm, persona):
         """{seed: adapter} a row of `arm` for `persona` runs with: {None: BASE} for prompt arms, {} if none."""
@@ -100,9 +114,27 @@ class ModelGroup:
             return {None: BASE}
         return self.adapters.get(arm, {}).get(persona, {})
 
+    def serve(self, personas):
+        """Hold exactly the adapters of these personas; returns {folder: reason} for those that could not be
+        loaded, which are dropped from this group."""
+        wanted = {name: self.folders[name] for arm in self.adapters for p in personas
+                  for name in self.adapters[arm].get(p, {}).values()}
+        if self.base is None:
+            problems = store_of(self.model).load(wanted) if store_of(self.model) is not None else {}
+        else:
+            problems = {name: adapter_problem(folder, self.base) for name, folder in wanted.items()}
+            problems = {name: reason for name, reason in problems.items() if reason}
+            self.model = attach_adapters(self.base, {n: f for n, f in wanted.items() if n not in problems})
+        for by_persona in self.adapters.values():
+            for by_seed in by_persona.values():
+                for seed in [s for s, name in by_seed.items() if name in problems]:
+                    del by_seed[seed]
+        return {str(self.folders[name]): reason for name, reason in problems.items()}
 
-def load_model_groups(cfg, arms, availability):
-    """The ModelGroups serving `arms` (availability: find_adapters' result, for the personas of this run)."""
+
+def load_model_groups(cfg, arms, availability, personas):
+    """The ModelGroups serving `arms` to `personas` (availability: find_adapters' result). Adapters are put on
+    a model only by ModelGroup.serve; a group whose unified adapter does not fit drops its adapters as unusable."""
     model_cfg = cfg["model"]
 
     def group(name, group_arms, seed=None):
@@ -118,13 +150,16 @@ def load_model_groups(cfg, arms, availability):
                             availability[arm].drop(p, seed, f"its unified adapter {unified}: {problem}")
                 return None
             model = merge_unified(model, unified)
-        check_adapters(model, [availability[arm] for arm in group_arms if arm in availability], seed)
-        names = {arm: {p: {s: adapter_name(arm, p, s) for s in by_seed if seed is None or s == seed}
-                       for p, by_seed in availability[arm].found.items()}
+        names = {arm: {p: {s: adapter_name(arm, p, s) for s in availability[arm].found.get(p, {})
+                           if seed is None or s == seed} for p in personas}
                  for arm in group_arms if arm in availability}
         folders = {names[arm][p][s]: availability[arm].found[p][s] for arm in names for p in names[arm]
                    for s in names[arm][p]}
-        return ModelGroup(name, attach_adapters(model, folders), tokenizer, group_arms, names, folders, unified)
+        if any(arm in PREFIX_ARMS for arm in group_arms):
+            return ModelGroup(name, model, tokenizer, group_arms, names, folders, unified, base=model)
+        if folders:
+            AdapterStore.for_folders(model, set(folders.values()))
+        return ModelGroup(name, model, tokenizer, group_arms, names, folders, unified)
 
     groups = []
     shared = [a for a in arms if a in PROMPT_ARMS or (a in ("lora_all", "lora_per_user") and availability[a].found)]
@@ -137,20 +172,6 @@ def load_model_groups(cfg, arms, availability):
     if prefix:  # PEFT does not hold prefix and LoRA adapters in one model: a copy of the base of their own
         groups.append(group("prefix", prefix))
     return [g for g in groups if g is not None]
-
-
-def check_adapters(model, arm_adapters, seed=None):
-    """Set aside every adapter (of `seed`, or all) that cannot be loaded onto `model`, with the reason."""
-    checked = {}
-    for found in arm_adapters:
-        for persona in list(found.found):
-            for s, folder in list(found.found[persona].items()):
-                if seed is not None and s != seed:
-                    continue
-                if folder not in checked:
-                    checked[folder] = adapter_problem(folder, model)
-                if checked[folder]:
-                    found.drop(persona, s, checked[folder])
 
 
 @dataclass(frozen=True)
@@ -181,7 +202,7 @@ def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
                                     arm_prompt(arm, cfg["prompt"]), retriever)
         for i, prompt in zip(picked, arm_prompts):
             prompts[i] = prompt
-    names = [r.adapter for r in rows] if hasattr(group.model, "peft_config") else None
+    names = [r.adapter for r in rows] if routes_adapters(group.model) else None
     merged = adapter_hash(group.merged) if group.merged else ""
     hashes = [merged + adapter_hash(group.folders.get(r.adapter)) for r in rows]
     keys = [{"split": split, "arm": r.arm, "seed": r.seed, "persona_id": turns[r.turn]["persona_id"],

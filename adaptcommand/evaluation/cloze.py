@@ -34,6 +34,7 @@ from adaptcommand.evaluation.action_metrics import prescribed_settings
 from adaptcommand.evaluation.routine_knowledge import EVERYONE
 from adaptcommand.model.adapters import prefix_inputs
 from adaptcommand.model.generation import turn_cache
+from adaptcommand.model.serving import routes_adapters, store_of
 from adaptcommand.model.prompting import build_turn_messages
 
 
@@ -193,7 +194,7 @@ def shared_prefix_logprobs(model, sequences, adapter=None):
     longer one's cache, so a dialogue's history is computed once for all its items where the prompts allow.
     """
     device = next(model.parameters()).device
-    names = {} if adapter is None else {"adapter_names": [adapter]}
+    names = adapter_kwargs(model, adapter)
     runner, offset = model, 0
     if adapter is not None and adapter in getattr(model, "peft_config", {}) and \
             model.peft_config[adapter].peft_type == "PREFIX_TUNING":  # its prefix sits in front of the cache
@@ -213,15 +214,26 @@ def shared_prefix_logprobs(model, sequences, adapter=None):
         first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
         for i in members:
             prefix, tails = sequences[i]
-            scores[i] = _tail_logprobs(runner, out.cache, offset + len(prefix), first[len(prefix) - 1], tails,
-                                       names.get("adapter_names", [None])[0])
+            scores[i] = _tail_logprobs(runner, out.cache, offset + len(prefix), first[len(prefix) - 1], tails, names)
     return scores
 
 
-def _tail_logprobs(runner, cache, length, first, tails, adapter):
+def adapter_kwargs(model, adapter):
+    """The forward arguments that run one row through `adapter` (None: the model as it is): an AdapterStore
+    is routed here and needs none, a PEFT model gets adapter_names."""
+    if adapter is None:
+        return {}
+    if store_of(model) is not None:
+        store_of(model).route([adapter])
+        return {}
+    return {"adapter_names": [adapter]}
+
+
+def _tail_logprobs(runner, cache, length, first, tails, names):
     """Each tail's log-probability after the first `length` cached positions of a one-row cache (first: the
-    log-probabilities of the token after them), run through `runner`: for a prefix-tuned model its base
-    model, since the cache already holds the prefix that the PEFT model would prepend again.
+    log-probabilities of the token after them), run through `runner` with `names` (adapter_kwargs): for a
+    prefix-tuned model its base model, since the cache already holds the prefix that the PEFT model would
+    prepend again.
 
     Every tail goes into one row after the cache, under a tree mask: a tail's tokens see the cached positions
     and their own tail's earlier tokens, at the positions they would have alone. So the cache is read once for
@@ -233,7 +245,6 @@ def _tail_logprobs(runner, cache, length, first, tails, adapter):
     within = torch.cat([torch.arange(len(t), device=device) for t in tails])
     ids = torch.tensor([[token for tail in tails for token in tail]], device=device)
     mask = _tree_mask(runner, length, owner, within)
-    names = {} if adapter is None else {"adapter_names": [adapter]}
     row = turn_cache(runner, [(cache, 0, 0)], [length])
     logits = runner(input_ids=ids, attention_mask=mask, position_ids=(length + within)[None], cache=row,
                     **names).logits.float()
@@ -295,7 +306,7 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
             if prompt_cfg["retrieval"]:
                 retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index], index)])[0]
             sequences.append(item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved))
-        scored = shared_prefix_logprobs(model, sequences, adapter if hasattr(model, "peft_config") else None)
+        scored = shared_prefix_logprobs(model, sequences, adapter if routes_adapters(model) else None)
         results += [_result(item, scores, arm, seed, habits, majority) for item, scores in zip(group, scored)]
     return results
 

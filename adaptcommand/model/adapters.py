@@ -17,6 +17,7 @@ from pathlib import Path
 
 from adaptcommand.data.data_io import UserError, atomic_path, write_json
 from adaptcommand.model.config import PREFIX_ARMS, UNIFIED_ARMS
+from adaptcommand.model.serving import merge_lora, read_adapter, weight_problem
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_log.json")
 
@@ -129,24 +130,14 @@ def folder_problem(folder):
 def adapter_problem(folder, model):
     """Why a complete adapter folder cannot be loaded onto `model` (a plain base model), or None.
 
-    Checks what PEFT would otherwise fail on with a traceback, or load wrongly: the config is
-    JSON, the weights file reads, every target module exists in the model and every LoRA matrix
+    Checks what PEFT or the AdapterStore would otherwise fail on with a traceback, or load wrongly: the
+    config is JSON, the weights file reads, every target module exists in the model and every LoRA matrix
     fits that module's shape.
     """
-    import json
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
     try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        return f"adapter_config.json unreadable ({type(err).__name__}: {err})"
-    try:
-        weights = load_file(str(folder / "adapter_model.safetensors"))
-    except (OSError, SafetensorError, ValueError, RuntimeError) as err:
-        return f"adapter_model.safetensors corrupt or truncated ({str(err).splitlines()[0][:120]})"
+        config, weights = read_adapter(folder)
+    except ValueError as err:
+        return str(err)
     if config.get("peft_type") == "PREFIX_TUNING":
         return _prefix_problem(config, model)
     modules = dict(model.named_modules())
@@ -156,18 +147,7 @@ def adapter_problem(folder, model):
     absent = [t for t in targets if t not in names]
     if absent:
         return f"target modules {absent} are not in the model ({type(model).__name__})"
-    for key, tensor in weights.items():
-        module_name = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
-        module = modules.get(module_name)
-        if module is None:
-            return f"weight {key} is for a module the model does not have: trained for another base model?"
-        if ".lora_A." in key and tensor.shape[1] != module.in_features:
-            return (f"{key} takes {tensor.shape[1]} inputs, {module_name} has {module.in_features}: "
-                    f"trained for another base model ({config.get('base_model_name_or_path')})")
-        if ".lora_B." in key and tensor.shape[0] != module.out_features:
-            return (f"{key} gives {tensor.shape[0]} outputs, {module_name} has {module.out_features}: "
-                    f"trained for another base model ({config.get('base_model_name_or_path')})")
-    return None
+    return weight_problem(weights, modules, config)
 
 
 TENSORBOARD_DIR = "tensorboard"  # each adapter's training curves: `tensorboard --logdir models/`
@@ -219,16 +199,19 @@ def save_adapter(peft_model, adapter_name, folder, log):
 
 
 def merge_unified(model, unified_dir):
-    """The base model with the unified adapter merged in (per-user-on-unified adapters sit on top of it)."""
-    from peft import PeftModel
-
+    """The base model with the unified adapter merged in (per-user-on-unified adapters sit on top of it), in
+    float32 and rounded once (serving.merge_lora): training and evaluation both merge it this way."""
     if not is_complete(unified_dir):
         raise UserError(f"{unified_dir}: no finished unified adapter; train it first with --scope all")
-    return PeftModel.from_pretrained(model, str(unified_dir)).merge_and_unload()
+    try:
+        return merge_lora(model, unified_dir)
+    except ValueError as err:
+        raise UserError(f"{unified_dir}: {err}") from None
 
 
 def attach_adapters(model, adapters):
-    """A PeftModel holding every adapter of {name: folder} (names: no dots), or `model` if there are none."""
+    """A PeftModel holding every adapter of {name: folder} (names: no dots), or `model` if there are none.
+    Evaluation holds prefix adapters this way, a group of personas at a time (LoRA ones: serving.AdapterStore)."""
     from peft import PeftModel
 
     if not adapters:

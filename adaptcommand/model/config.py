@@ -80,6 +80,7 @@ SCHEMA = {
         "sample_outputs": (int, 20),
         "cloze": (bool, True),                 # the preference cloze (adaptcommand/evaluation/cloze.py) for every model arm
         "train_sessions": (int, 0),            # memorisation check: baseline and adapter arms on each persona's last N routine-driven train sessions
+        "persona_group": (int, 32),            # personas whose adapters are served at once (adaptcommand/model/serving.py)
     },
     "lora": {
         "r": (int, 8),
@@ -148,6 +149,7 @@ RANGES = {
     ("evaluation", "max_examples"): (1, None, True),
     ("evaluation", "sample_outputs"): (0, None, True),
     ("evaluation", "train_sessions"): (0, None, True),
+    ("evaluation", "persona_group"): (1, None, True),
     ("prefix", "num_virtual_tokens"): (1, None, True),
     ("prefix", "learning_rate"): (0, None, False),
     ("lora", "r"): (1, None, True),

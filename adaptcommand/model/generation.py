@@ -10,10 +10,10 @@ A prompt that does not extend the previous one (the history window slid past the
 or retrieved dialogues changed) starts a new chain. Rows are left-padded and masked; positions
 count only real tokens, so each turn sees exactly the cache a fresh prefill of its prompt gives.
 
-With PEFT adapters loaded into one model, `adapter_names` gives each prompt its own adapter (an
-adapter changes K and V, so a chain never crosses adapters): chains are ordered by adapter so
-most batches run one adapter directly and only boundary batches mix adapters (PEFT routes each
-row of a mixed batch through its own adapter). Prefix-tuned adapters (the prefix arms) run one
+With LoRA adapters in an AdapterStore (adaptcommand/model/serving.py) or a PEFT model,
+`adapter_names` gives each prompt its own adapter (an adapter changes K and V, so a chain never
+crosses adapters): chains are ordered by adapter so most batches run one adapter and only boundary
+batches mix adapters (each row of a mixed batch goes through its own adapter). Prefix-tuned adapters (the prefix arms) run one
 adapter at a time (PEFT cannot mix them in a batch): each adapter's chains go through the same
 path, with the adapter's trained prefix at the front of every cache (`prefix_front`) and the
 prompt's positions counted after it, as PEFT's forward counts them.
@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adaptcommand.model.adapters import is_prefix_tuned, prefix_inputs
+from adaptcommand.model.serving import BASE, store_of
 
 
 def stop_token_ids(model, tokenizer):
@@ -65,12 +66,16 @@ class GenerationStats:
 
 
 def _routed(model, names, call):
-    """call(**extra) with each row's adapter: one adapter runs directly, a mix goes through PEFT's adapter_names."""
+    """call(**extra) with each row's adapter: an AdapterStore routes every row itself; on a PEFT model one
+    adapter runs directly and a mix goes through PEFT's adapter_names."""
     if names is None:
+        return call()
+    if store_of(model) is not None:
+        store_of(model).route(names)
         return call()
     if len(set(names)) > 1:
         return call(adapter_names=names)
-    if names[0] == "__base__":
+    if names[0] == BASE:
         with model.disable_adapter():
             return call()
     model.set_adapter(names[0])
