@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 10
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks dose-response control-diagnosis learning-curve bench
+.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks dose-response control-diagnosis learning-curve rehearsal bench
 
 setup:
 	python3 -m venv .venv
@@ -173,7 +173,16 @@ control-diagnosis:
 	$(PY) scripts/eval_lora.py --config configs/controls/lora_eval.json $(call control_paths,$(call control_run,positive)) \
 		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/$(call control_run,positive)_4epochs_last
 
+# The real study at full size on a model that computes almost nothing (benchmarks/rehearsal.py): every stage of
+# the real configs on REHEARSAL_PERSONAS generated personas x 50 sessions, timed stage by stage. Shortened by
+# default (one seed, one epoch, 8 new tokens); REHEARSAL_FULL=--full keeps the real seeds, epochs and generation.
+REHEARSAL_PERSONAS ?= 200
+REHEARSAL_FULL ?=
+rehearsal:
+	$(PY) benchmarks/rehearsal.py --personas $(REHEARSAL_PERSONAS) $(REHEARSAL_FULL)
+
 bench:
+	$(PY) benchmarks/bench_serving.py
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_eval.py

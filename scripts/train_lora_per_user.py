@@ -20,7 +20,8 @@ Several processes (`accelerate launch ...` on GPUs, `torchrun --nproc_per_node N
 split the persona list between them; the summary covers all of them.
 
 training.epochs caps every scope's epochs; training.unified_epochs, if set, caps the unified adapters'
-(all, prefix_all) instead. Every adapter is trained once per seed of training.seeds. Scopes write to
+(all, prefix_all) instead; training.unified_batch_size, if set, is the batch of every scope with one adapter
+over all personas (all, all_on_all, prefix_all). Every adapter is trained once per seed of training.seeds. Scopes write to
 the config's `adapters` section (or --output_dir):
   all              adapters.lora_all             (models/lora_all/seed_<s>/)
   per_user         adapters.lora_per_user        (models/lora_per_user/seed_<s>/<persona_id>/)
@@ -66,7 +67,7 @@ from adaptcommand.model.training import (
 )
 
 SUMMARY_FIELDS = ("persona_id", "seed", "status", "train_loss", "val_loss", "val_knowledge", "best_epoch", "epochs_run",
-                  "optimizer_steps", "train_tokens", "seconds", "error")
+                  "optimizer_steps", "train_tokens", "truncated_examples", "seconds", "error")
 
 
 def summary_row(job, status, log=None, error=""):
@@ -75,8 +76,27 @@ def summary_row(job, status, log=None, error=""):
             "val_loss": log.get("best_val_loss"), "val_knowledge": log.get("best_val_knowledge"),
             "best_epoch": log.get("best_epoch"),
             "epochs_run": len(log.get("epochs", [])), "optimizer_steps": log.get("optimizer_steps"),
-            "train_tokens": log.get("train_tokens"),
+            "train_tokens": log.get("train_tokens"), "truncated_examples": log.get("truncated_examples"),
             "seconds": log.get("seconds"), "error": error}
+
+
+def merge_summary(path, rows):
+    """Write this run's rows into the summary at `path`, keeping the rows of adapters this run did not
+    touch: runs over other --personas, in parallel or one after another, share one summary. A lock file
+    keeps two of them from writing it at once. Returns every row of the summary."""
+    import csv
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mine = {(str(r["persona_id"]), str(r["seed"])) for r in rows}
+        kept = []
+        if path.is_file():
+            with path.open(newline="", encoding="utf-8") as f:
+                kept = [r for r in csv.DictReader(f) if (r.get("persona_id"), r.get("seed")) not in mine]
+        write_csv(path, kept + rows, SUMMARY_FIELDS)
+    return rows
 
 
 def val_value_spans(dialogs, splits):
@@ -101,6 +121,8 @@ def main():
     arm = SCOPE_ARM[scope]
     if arm in UNIFIED_ARMS and arm not in ON_UNIFIED_ARMS and cfg["training"]["unified_epochs"] is not None:
         cfg["training"]["epochs"] = cfg["training"]["unified_epochs"]
+    if arm in UNIFIED_ARMS and cfg["training"]["unified_batch_size"] is not None:
+        cfg["training"]["batch_size"] = cfg["training"]["unified_batch_size"]
     output_dir = Path(args.output_dir or cfg["adapters"][arm])
     dialogs = load_dialogs(cfg["data"]["dialogs"])
     splits = load_splits(cfg["data"]["splits"], dialogs)
@@ -134,7 +156,9 @@ def main():
                    f"{log['best_val_loss'] or float('nan'):.3f}, val knowledge "
                    f"{float('nan') if knowledge is None else knowledge:.3f}, "
                    f"{log['train_tokens']} tokens, {log['seconds']:.0f} s "
-                   f"({log['train_tokens'] / log['seconds']:.0f} tokens/s, floor {log['floor_tokens_per_second']:.0f})"
+                   f"({log['train_tokens'] / log['seconds']:.0f} tokens/s, floor {log['floor_tokens_per_second'] or 0:.0f})"
+                   + (f", {log['truncated_examples']} dialogue(s) cut to max_seq_length"
+                      if log.get("truncated_examples") else "")
                    + (f" ({log['parallel_personas']} trained together)" if "parallel_personas" in log else "")
                    + f" -> {job.folder}")
         rows.append(summary_row(job, "trained", log))
@@ -145,9 +169,11 @@ def main():
         spans = val_value_spans(dialogs, splits) if cfg["training"]["select_by"] == "val_knowledge" else None
         examples = tokenized_dialogs(tokenizer, cfg["data"]["dialogs"], cfg["prompt"], cfg["training"]["max_seq_length"],
                                      cfg["training"]["loss_on"], spans)
-        floor = forward_backward_rate(model, select_examples(examples, todo[0].train[:1]), tokenizer.pad_token_id)
-        print(f"{device_name(model.device)}: the model's forward+backward runs at {floor:.0f} tokens/s "
-              f"(the floor under training's rate)")
+        probe = next((job.train[:1] for job in todo if job.train), None)  # a job with no dialogue fails on its own
+        floor = forward_backward_rate(model, select_examples(examples, probe), tokenizer.pad_token_id) if probe else None
+        if floor:
+            print(f"{device_name(model.device)}: the model's forward+backward runs at {floor:.0f} tokens/s "
+                  f"(the floor under training's rate)")
         extra = {"base_model": cfg["model"]["name"], "base_model_path": model_path, "scope": scope,
                  "prompt": cfg["prompt"], "training": training_settings(cfg, arm),
                  **({"prefix": cfg["prefix"]} if arm in PREFIX_ARMS else {"lora": cfg["lora"]}),
@@ -173,7 +199,7 @@ def main():
                 t0 = time.perf_counter()
                 try:
                     report(job, trainer.train(job, seed_extra), "")
-                except (UserError, ValueError, RuntimeError) as err:
+                except (UserError, OSError, ValueError, RuntimeError) as err:
                     report(job, None, f"{err} (after {time.perf_counter() - t0:.0f} s)")
 
     # a unified adapter's folder holds only its seed folders, so its summary sits beside it, named after it
@@ -183,7 +209,7 @@ def main():
     rows = gather_rows(state, rows)
     if rows is None:
         return 0
-    write_csv(summary, rows, SUMMARY_FIELDS)
+    rows = merge_summary(summary, rows)
     failed = [f"{r['persona_id']} (seed {r['seed']})" for r in rows if r["status"] == "failed"]
     print(f"{sum(r['status'] == 'trained' for r in rows)} trained, "
           f"{sum(r['status'].startswith('skipped') for r in rows)} skipped, {len(failed)} failed; summary: {summary}")

@@ -68,15 +68,11 @@ def build_tiny_model(folder, arch="llama", seed=0):
     (Qwen2.5: biases on q/k/v, tied embeddings).
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from adaptcommand.model.modeling import BASE_CACHE, EMBEDDED_CHAT, _package_dir
+    from adaptcommand.model.modeling import embedded_tokenizer
 
-    package, gguf_file, name = EMBEDDED_CHAT["embedded:smollm2-135m-instruct"]
-    if (BASE_CACHE / name / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(BASE_CACHE / name)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(_package_dir(package), gguf_file=gguf_file)
+    tokenizer = embedded_tokenizer()
     torch.manual_seed(seed)
     config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
     config = config_class(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

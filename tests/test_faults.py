@@ -170,3 +170,18 @@ def test_kill_9_then_rerun_generates_only_what_is_missing(tiny_model_dir, demo_f
     assert _counts(result.stdout) == (total, 0)
     result = run_script("eval_lora.py", "--config", config, "--output_dir", out, "--fresh")
     assert _counts(result.stdout) == (0, total)
+
+
+def test_a_model_rebuilt_under_the_same_name_is_another_model(tiny_model_dir, tmp_path):
+    """Reused replies are matched on the model's files, not only its name."""
+    import shutil
+
+    from adaptcommand.model.modeling import model_identity
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    before = model_identity(str(folder))
+    assert model_identity(str(folder)) == before
+    build_tiny_model(folder, seed=1)  # rebuilt in place, same name
+    assert model_identity(str(folder)) != before
+    assert fingerprint("p", model_identity(str(folder)), {}) != fingerprint("p", before, {})

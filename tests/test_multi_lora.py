@@ -79,12 +79,26 @@ def test_two_processes_split_the_personas(config_factory, tmp_path):
 
 
 def test_two_processes_split_the_evaluation(tiny_model_dir, demo_files, tmp_path):
+    """Both processes' adapters count in the costs, seeds and memorisation check, not only the main one's."""
+    from peft import LoraConfig, get_peft_model
+
+    from adaptcommand.model.adapters import save_adapter
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                                adapter_name="x")
+    for persona in demo_files["splits"]:
+        save_adapter(peft_model, "x", tmp_path / "per_user" / "seed_0" / persona, {"seconds": 1.0, "train_tokens": 10})
     config = tmp_path / "eval.json"
     config.write_text(json.dumps({
         "model": {"name": str(tiny_model_dir), "device": "cpu"},
         "data": {"dialogs": str(demo_files["dialogs_path"]), "splits": str(demo_files["splits_path"])},
         "generation": {"max_new_tokens": 2, "batch_size": 8},
-        "arms": {"names": ["baseline", "character"], "n_bootstrap": 100}}))
+        "evaluation": {"train_sessions": 1, "cloze": False},
+        "adapters": {"lora_per_user": str(tmp_path / "per_user")},
+        "arms": {"names": ["baseline", "character", "lora_per_user"], "n_bootstrap": 100}}))
     single, double = tmp_path / "one", tmp_path / "two"
     assert run_script("eval_lora.py", "--config", config, "--output_dir", single).returncode == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29532"]
@@ -94,7 +108,31 @@ def test_two_processes_split_the_evaluation(tiny_model_dir, demo_files, tmp_path
     assert "process 1/2: 1 persona(s)" in result.stdout
     one, two = (json.loads((d / "arm_metrics.json").read_text()) for d in (single, double))
     assert two["processes"] == 2 and two["turns"] == one["turns"]
-    for arm in ("baseline", "character", "best_on_val"):
+    for arm in ("baseline", "character", "lora_per_user", "best_on_val"):
         assert two["arms"][arm]["turns"] == one["arms"][arm]["turns"]
         assert two["arms"][arm]["rougeL"] == pytest.approx(one["arms"][arm]["rougeL"])
+    assert two["seeds"] == one["seeds"] == {"lora_per_user": [0]}
+    costs = [list(csv.DictReader((d / "training_costs.csv").open())) for d in (single, double)]
+    assert costs[0][0]["adapters"] == costs[1][0]["adapters"] == str(len(demo_files["splits"]))
+    memorization = [list(csv.DictReader((d / "memorization.csv").open())) for d in (single, double)]
+    assert memorization[1] == memorization[0] and {r["arm"] for r in memorization[1]} == {"baseline", "lora_per_user"}
     assert not list(double.glob(".records.*"))
+
+
+def test_a_failed_export_leaves_no_lora_in_the_base_model(tiny_model_dir, tmp_path, monkeypatch):
+    from adaptcommand.model import multi_lora
+    from adaptcommand.model.adapters import lora_config
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
+    modules = len(list(model.modules()))
+    lora = lora_config({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(multi_lora, "save_adapter", full_disk)
+    state = {name: (torch.zeros(4, layer.in_features), torch.zeros(layer.out_features, 4))
+             for name, layer in model.named_modules() if name.endswith(("q_proj", "v_proj"))}
+    with pytest.raises(OSError):
+        multi_lora.export_adapters(model, lora, [state], [tmp_path / "a"], [{}])
+    assert len(list(model.modules())) == modules and not any("lora" in n for n, _ in model.named_modules())

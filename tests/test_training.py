@@ -13,7 +13,15 @@ from safetensors.torch import load_file
 from adaptcommand.model.adapters import seeded
 from adaptcommand.model.config import defaults
 from adaptcommand.model.prompting import chat_messages
-from adaptcommand.model.training import IGNORE, BestEpoch, ValScore, dialog_example, lr_factor, supervised_sequence
+from adaptcommand.model.training import (
+    IGNORE,
+    BestEpoch,
+    ValScore,
+    dialog_example,
+    lr_factor,
+    supervised_sequence,
+    truncated_count,
+)
 
 MESSAGES = [{"role": "user", "text": "Turn on the lights."}, {"role": "assistant", "text": "Lights on at 50%."},
             {"role": "user", "text": "Thanks!"}, {"role": "assistant", "text": "You're welcome."}]
@@ -66,6 +74,22 @@ def test_long_dialogues_keep_the_most_recent_turns(tiny_model):
     assert len(short["input_ids"]) <= len(full["input_ids"]) // 2
     assert short["input_ids"][-20:] == full["input_ids"][-20:]  # the end of the dialogue is kept
     assert tokenizer.decode(short["input_ids"]).startswith("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user")
+    assert not short["truncated"] and not full["truncated"]
+
+
+def test_the_last_resort_cut_keeps_the_system_prompt_and_is_counted(tiny_model):
+    _, tokenizer = tiny_model
+    cfg = {**defaults()["prompt"], "system_template": "SYS " * 30}
+    long_user = {"role": "user", "text": "Please set the lights to 40% " * 40}
+    dialog = {"messages": [long_user, {"role": "assistant", "text": "Lights at 40%."}]}
+    full = dialog_example(tokenizer, dialog, cfg, max_seq_length=10_000)
+    cut = dialog_example(tokenizer, dialog, cfg, max_seq_length=120)
+    assert cut["truncated"] and len(cut["input_ids"]) == 120
+    system = tokenizer(tokenizer.apply_chat_template([{"role": "system", "content": "SYS " * 30}], tokenize=False),
+                       add_special_tokens=False)["input_ids"]
+    assert cut["input_ids"][:len(system)] == system  # the system prompt whole, then the end of the dialogue
+    assert cut["input_ids"][-20:] == full["input_ids"][-20:] and cut["labels"][-20:] == full["labels"][-20:]
+    assert truncated_count([cut, full, cut]) == 2
 
 
 # ------------------------------------------------------------ the script
@@ -181,7 +205,7 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
     lrs = [e.value for e in events.Scalars("train/learning_rate")]
     assert max(lrs) == pytest.approx(1e-2, rel=0.2) and lrs[-1] < lrs[len(lrs) // 2]  # warmup, then decay
     adapter_cfg = json.loads((out / "persona_000" / "adapter_config.json").read_text())
-    assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"].endswith(tmp_path.parent.name) is False
+    assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"] == json.loads(config.read_text())["model"]["name"]
     rows = list(csv.DictReader((root / "training_summary.csv").open()))
     assert [(r["status"], r["seed"]) for r in rows] == [("trained", "0"), ("trained", "0")]
 

@@ -21,12 +21,16 @@ class UserError(Exception):
 
 
 def run_cli(main):
-    """Call main(); turn UserError into a clean message and exit code 2."""
+    """Call main(); turn UserError into a clean message and exit code 2, and a file that cannot be written or
+    read (a read-only folder, a full disk) into one naming the file and exit code 1."""
     try:
         code = main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        print(f"error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -25,7 +25,7 @@ from adaptcommand.model.adapters import (
     seeds_found,
 )
 from adaptcommand.model.config import ADAPTER_ARMS, ON_UNIFIED_ARMS, PREFIX_ARMS, PROMPT_ARMS, arm_prompt
-from adaptcommand.model.modeling import load_model_and_tokenizer
+from adaptcommand.model.modeling import load_model_and_tokenizer, model_identity
 from adaptcommand.model.serving import BASE, AdapterStore, routes_adapters, store_of
 
 
@@ -208,7 +208,8 @@ def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
     keys = [{"split": split, "arm": r.arm, "seed": r.seed, "persona_id": turns[r.turn]["persona_id"],
              "dialog_index": turns[r.turn]["dialog_index"], "turn_index": turns[r.turn]["turn_index"]} for r in rows]
     chains = [(r.arm, r.seed, turns[r.turn]["dialog_index"]) for r in rows]  # a dialogue's turns share one cache
-    return generate_or_reuse(group.model, group.tokenizer, prompts, cfg["generation"], cfg["model"]["name"], keys, store,
+    return generate_or_reuse(group.model, group.tokenizer, prompts, cfg["generation"], model_identity(cfg["model"]["name"]),
+                             keys, store,
                              adapter_names=names, adapter_hashes=hashes, chain_keys=chains, desc=f"{split} {group.name}")
 
 

@@ -102,6 +102,7 @@ SCHEMA = {
         "epochs": (int, 3),                    # the cap on epochs (select_by last: the epochs)
         "unified_epochs": (OPTIONAL_INT, None),  # the unified adapter's cap, if not `epochs` (it sees every persona's data)
         "batch_size": (int, 4),
+        "unified_batch_size": (OPTIONAL_INT, None),  # the unified scopes' (all, all_on_all, prefix_all), if not `batch_size`
         "max_seq_length": (int, 1024),
         "early_stopping_patience": (int, 1),
         "select_by": (str, "val_loss"),        # the epoch kept: val_loss | val_knowledge | last (training.py)
@@ -162,6 +163,7 @@ RANGES = {
     ("training", "epochs"): (1, None, True),
     ("training", "unified_epochs"): (1, None, True),
     ("training", "batch_size"): (1, None, True),
+    ("training", "unified_batch_size"): (1, None, True),
     ("training", "max_seq_length"): (16, None, True),
     ("training", "early_stopping_patience"): (0, None, True),
     ("training", "max_train_sessions"): (1, None, True),

@@ -99,6 +99,17 @@ def resolve_model_path(name):
     return name
 
 
+def model_identity(name):
+    """What a reply's fingerprint records of the model: its name and, for a local folder, each weight and
+    config file's size and modification time, so a model rebuilt under the same name is not mistaken for
+    the old one."""
+    path = Path(resolve_model_path(name))
+    if not path.is_dir():
+        return name
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    return name + "|" + ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
 def load_tokenizer(path):
     from transformers import AutoTokenizer
 
@@ -165,3 +176,35 @@ def gather_rows(state, rows):
 
     gathered = gather_object(list(rows))
     return gathered if state.is_main_process else None
+
+
+def embedded_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer and ChatML template, from the cached embedded model or its GGUF file."""
+    from transformers import AutoTokenizer
+
+    package, gguf_file, name = EMBEDDED_CHAT["embedded:smollm2-135m-instruct"]
+    if (BASE_CACHE / name / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(BASE_CACHE / name)
+    return AutoTokenizer.from_pretrained(_package_dir(package), gguf_file=gguf_file)
+
+
+def build_layout_model(folder, width=64, seed=0):
+    """A randomly initialised model with Qwen2.5-0.5B-Instruct's layout (Qwen2, 24 layers, the 7 LoRA
+    projections, grouped key/value heads, tied embeddings) but `width` wide, with the embedded tokenizer.
+
+    Its arithmetic is close to nothing, so a run on it costs what the pipeline's own bookkeeping costs:
+    the rehearsal (benchmarks/rehearsal.py) measures scale with it."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = embedded_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                         num_hidden_layers=24, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, rope_theta=1000000.0, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    with atomic_path(Path(folder)) as tmp:
+        Qwen2ForCausalLM(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)

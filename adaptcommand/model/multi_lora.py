@@ -23,11 +23,13 @@ from adaptcommand.model.adapters import lora_config, save_adapter
 from adaptcommand.model.training import (
     IGNORE,
     BestEpoch,
+    TrainingDiverged,
     collate,
     epoch_batches,
     lr_factor,
     select_examples,
     supervised_losses,
+    truncated_count,
     val_scores,
 )
 
@@ -181,12 +183,21 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
             done[slot] = trackers[slot].end_epoch(epoch_loss[slot], epoch_tokens[slot], scores[slot], snapshot)
     bar.close()
     model.eval()
+    return [kept_epoch(layers, slot, tracker, k) for slot, tracker in enumerate(trackers)]
+
+
+def kept_epoch(layers, slot, tracker, k):
+    """Put a slot's kept epoch back into its weights; its training log, or the TrainingDiverged error of a
+    slot that has no epoch to keep (the other slots are not affected)."""
+    try:
+        log = {**tracker.finish(), "parallel_personas": k}
+    except TrainingDiverged as err:
+        return err
     with torch.no_grad():
-        for slot, tracker in enumerate(trackers):
-            for layer, (a, b) in zip(layers.values(), tracker.state):
-                layer.lora_A[slot].copy_(a)
-                layer.lora_B[slot].copy_(b)
-    return [{**tracker.finish(), "parallel_personas": k} for tracker in trackers]
+        for layer, (a, b) in zip(layers.values(), tracker.state):
+            layer.lora_A[slot].copy_(a)
+            layer.lora_B[slot].copy_(b)
+    return log
 
 
 def peft_init(model, lora, seed):
@@ -202,7 +213,7 @@ def peft_init(model, lora, seed):
 def train_group(model, cfg, train_sets, val_sets, pad_id, progress=True):
     """Train len(train_sets) adapters together on `model` (a plain base model, left as it was).
 
-    Returns (model, [per-slot {module name: (A, B)}], [per-slot training log]).
+    Returns (model, [per-slot {module name: (A, B)}], [per-slot training log, or TrainingDiverged]).
     """
     model, init = peft_init(model, lora_config(cfg["lora"]), cfg["training"]["seed"])  # every slot starts alike
     layers = inject(model, cfg["lora"], len(train_sets))
@@ -220,24 +231,29 @@ def train_group(model, cfg, train_sets, val_sets, pad_id, progress=True):
 
 
 def export_adapters(model, lora, states, folders, logs):
-    """Write each slot as a standard PEFT adapter folder (scripts/adapters.save_adapter)."""
+    """Write each slot as a standard PEFT adapter folder (scripts/adapters.save_adapter). The PEFT wrapper
+    is taken off again even when a write fails, so later groups train on the plain base model."""
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, lora, adapter_name="export")
-    targets = peft_lora_weights(peft_model, "export")
-    for state, folder, log in zip(states, folders, logs):
-        with torch.no_grad():
-            for name, (a, b) in state.items():
-                targets[name][0].copy_(a)
-                targets[name][1].copy_(b)
-        save_adapter(peft_model, "export", folder, log)
-    return peft_model.unload()
+    try:
+        targets = peft_lora_weights(peft_model, "export")
+        for state, folder, log in zip(states, folders, logs):
+            with torch.no_grad():
+                for name, (a, b) in state.items():
+                    targets[name][0].copy_(a)
+                    targets[name][1].copy_(b)
+            save_adapter(peft_model, "export", folder, log)
+    finally:
+        model = peft_model.unload()
+    return model
 
 
 def train_in_groups(model, tokenizer, cfg, jobs, examples, extra_log, report):
     """Train AdapterJobs K = training.parallel_personas at a time; `report(job, log, error)` after each.
 
-    Returns the base model (the stacked layers are removed again after every group).
+    Returns the base model (the stacked layers are removed again after every group). A slot whose
+    training diverged, or a group that fails, is reported failed and the others go on.
     """
     k = cfg["training"]["parallel_personas"]
     ready = []
@@ -252,13 +268,16 @@ def train_in_groups(model, tokenizer, cfg, jobs, examples, extra_log, report):
             train_sets = [select_examples(examples, job.train) for job in group]
             val_sets = [select_examples(examples, job.val) for job in group]
             model, states, logs = train_group(model, cfg, train_sets, val_sets, tokenizer.pad_token_id)
-            for job, log in zip(group, logs):
-                log.update(extra_log, persona_id=job.name)
-            model = export_adapters(model, lora_config(cfg["lora"]), states, [job.folder for job in group], logs)
-        except (ValueError, RuntimeError) as err:
+            kept = [slot for slot, log in enumerate(logs) if not isinstance(log, Exception)]
+            for slot in kept:
+                logs[slot].update(extra_log, persona_id=group[slot].name,
+                                  truncated_examples=truncated_count(train_sets[slot]))
+            model = export_adapters(model, lora_config(cfg["lora"]), [states[s] for s in kept],
+                                    [group[s].folder for s in kept], [logs[s] for s in kept])
+        except (OSError, ValueError, RuntimeError) as err:
             for job in group:
                 report(job, None, str(err))
             continue
         for job, log in zip(group, logs):
-            report(job, log, "")
+            report(job, None if isinstance(log, Exception) else log, str(log) if isinstance(log, Exception) else "")
     return model

@@ -124,17 +124,22 @@ def dialog_example(tokenizer, dialog, prompt_cfg, max_seq_length, loss_on="assis
     starts = [k for k, m in enumerate(messages) if m["role"] == "user" or k == 0]  # whole exchanges only
 
     def example(first, cut=0):
+        """The chat from message `first`; with `cut`, that many tokens dropped right after the system prompt."""
         chat = chat_messages(system, messages[first:])
         ids, labels = supervised_sequence(tokenizer, chat, LOSS_ROLES[loss_on])
         kept = [(k - first + 1, a, b) for k, a, b in spans if k >= first]  # chat index 0 is the system message
         positions = value_positions(tokenizer, chat, kept) if kept else []
-        return {"input_ids": ids[cut:], "labels": labels[cut:], "value_positions": [i - cut for i in positions if i >= cut]}
+        head = len(_ids(tokenizer, chat[:1])) if cut else 0  # the system prompt is never cut
+        return {"input_ids": ids[:head] + ids[head + cut:], "labels": labels[:head] + labels[head + cut:],
+                "value_positions": [i if i < head else i - cut for i in positions if i < head or i >= head + cut],
+                "truncated": cut > 0}
 
     for first in starts:
         if not any(m["role"] == "assistant" for m in messages[first:]):
             break
         if len(_ids(tokenizer, chat_messages(system, messages[first:]))) <= max_seq_length:
             return example(first)
+    # the last exchange alone is too long: the last resort cuts the start of its text, after the system prompt
     first = max(0, len(messages) - 2)
     return example(first, max(0, len(_ids(tokenizer, chat_messages(system, messages[first:]))) - max_seq_length))
 
@@ -163,8 +168,13 @@ def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length, loss_
 
 
 def select_examples(examples, indices):
-    """The examples of some dialogues, as plain {input_ids, labels, value_positions} dicts."""
+    """The examples of some dialogues, as plain {input_ids, labels, value_positions, truncated} dicts."""
     return examples.select(indices).to_list() if len(indices) else []
+
+
+def truncated_count(examples):
+    """How many examples had to be cut to fit max_seq_length even after dropping earlier exchanges."""
+    return sum(bool(e.get("truncated")) for e in examples)
 
 
 def collate(examples, pad_id):
@@ -309,6 +319,10 @@ def lr_factor(cfg, steps_per_epoch):
     return lambda step: base(step % cycle)
 
 
+class TrainingDiverged(ValueError):
+    """An adapter whose training left no epoch to keep (every loss NaN or infinite)."""
+
+
 class BestEpoch:
     """Epoch selection for one adapter (training.select_by): the epoch log, the kept epoch's weights, when to stop.
 
@@ -342,14 +356,20 @@ class BestEpoch:
         score = {"val_loss": val.loss, "val_knowledge": None if val.knowledge is None else -val.knowledge,
                  "last": None}[self.select_by]
         score = -epoch if score is None else score
-        if score < self.best_score:
+        diverged = not math.isfinite(score) or (val.loss is not None and not math.isfinite(val.loss)) \
+            or not math.isfinite(train_loss_sum)
+        if not diverged and score < self.best_score:
             self.best_score, self.best_epoch, self.state, self.bad_epochs = score, epoch, snapshot(), 0
             return False
         self.bad_epochs += 1
         return self.bad_epochs > self.patience
 
     def finish(self):
-        """The training log, with the best epoch's figures."""
+        """The training log, with the best epoch's figures; TrainingDiverged if no epoch could be kept."""
+        if self.best_epoch is None:
+            losses = ", ".join(f"{e['val_loss']}" for e in self.log["epochs"])
+            raise TrainingDiverged(f"no epoch to keep: the loss is not finite in every epoch (val loss {losses}); "
+                                   f"the learning rate may be too high")
         best = self.log["epochs"][self.best_epoch - 1]
         self.log.update(best_epoch=self.best_epoch, best_val_loss=best["val_loss"],
                         best_val_knowledge=best["val_knowledge"], final_train_loss=best["train_loss"],
@@ -402,9 +422,10 @@ def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="traini
                              lambda: trainable_state(model)):
             break
     bar.close()
-    load_trainable_state(model, tracker.state)
     model.eval()
-    return tracker.finish()
+    log = tracker.finish()
+    load_trainable_state(model, tracker.state)
+    return log
 
 
 def training_settings(cfg, arm):
@@ -434,7 +455,7 @@ class AdapterTrainer:
         try:
             log = train_adapter(self.peft_model, train_examples, val_examples, training_settings(self.cfg, self.arm),
                                 self.tokenizer.pad_token_id, desc=job.name)
-            log.update(extra_log, persona_id=job.name)
+            log.update(extra_log, persona_id=job.name, truncated_examples=truncated_count(train_examples))
             save_adapter(self.peft_model, adapter, job.folder, log)
         finally:
             self.release(adapter)

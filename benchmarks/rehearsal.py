@@ -1,0 +1,108 @@
+"""A full-size rehearsal of the real study on a model that computes almost nothing.
+
+    .venv/bin/python benchmarks/rehearsal.py --personas 200            # `make rehearsal REHEARSAL_PERSONAS=200`
+    .venv/bin/python benchmarks/rehearsal.py --personas 25 --full      # the real configs' seeds, epochs, generation
+
+Every stage of the real study, with the real configs (configs/lora_training.json, configs/lora_eval.json):
+demo data in the real raw format (--personas x --sessions, seed 0), clean, split, every training scope
+in order (all, per_user, per_user_on_all, all_on_all, prefix_all, prefix_per_user), eval_lora.py with
+best-on-val and the cloze over every arm, then analyze_results.py. The model is a random one with
+Qwen2.5-0.5B-Instruct's layout (24 layers, the 7 LoRA projections) but 64 wide
+(modeling.build_layout_model), on the CPU in float32: what a stage costs is then the pipeline's own
+bookkeeping, which is what must stay flat per user as the study grows.
+
+By default the run is shortened so that 200 users finish on 2 cores: one training seed, one epoch,
+8 new tokens per reply (a random model never stops early). --full keeps the real configs' three seeds,
+epochs and 128 new tokens. Per stage it prints wall seconds, seconds per user, the stage's peak resident
+memory and the adapters on disk; the table goes to results/rehearsal/<personas>/rehearsal.json too.
+Each stage runs in its own process, alone: nothing else should use the cores meanwhile.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCOPES = ("all", "per_user", "per_user_on_all", "all_on_all", "prefix_all", "prefix_per_user")
+ARMS = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora_per_user_on_all",
+        "all_on_all": "lora_all_on_all", "prefix_all": "prefix_all", "prefix_per_user": "prefix_per_user"}
+
+
+def run_stage(name, command, users, models):
+    """Run one stage as its own process; returns its row (wall s, s per user, peak RSS of that process)."""
+    t0 = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *map(str, command)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    adapters = sum(1 for _ in Path(models).rglob("adapter_model.safetensors")) if Path(models).is_dir() else 0
+    row = {"stage": name, "seconds": round(seconds, 1), "seconds_per_user": round(seconds / users, 3),
+           "peak_rss_mb": round(usage.ru_maxrss / 1024), "adapters_on_disk": adapters, "exit": code}
+    print(f"{name:<28} {seconds:8.1f} s  {seconds / users:7.3f} s/user  {row['peak_rss_mb']:6d} MB peak  "
+          f"{adapters:5d} adapters  exit {code}", flush=True)
+    if code != 0:
+        print("".join(lines[-30:]), file=sys.stderr)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--personas", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--full", action="store_true", help="the real configs' seeds, epochs and new tokens")
+    parser.add_argument("--root", default=None, help="default: data|models|results/rehearsal/<personas>")
+    args = parser.parse_args()
+    name = f"rehearsal/{args.personas}" + ("_full" if args.full else "")
+    data, models, results = (ROOT / kind / name for kind in ("data", "models", "results"))
+    model_dir = ROOT / "models" / "rehearsal" / "layout_qwen2.5-0.5b_w64"
+    for folder in (data, models, results):  # every stage is timed from scratch: nothing is skipped as complete
+        shutil.rmtree(folder, ignore_errors=True)
+    common = ["--set", f"model.name={model_dir}", "--set", "model.device=cpu", "--set", "model.dtype=float32",
+              "--set", f"data.dialogs={data}/cleaned/dialogs_clean.jsonl",
+              "--set", f"data.splits={data}/splits/edgesplits.json",
+              *[x for scope in SCOPES for x in ("--set", f"adapters.{ARMS[scope]}={models}/{ARMS[scope]}")]]
+    short_training = [] if args.full else ["--set", "training.seeds=[0]", "--set", "training.epochs=1",
+                                          "--set", "training.unified_epochs=1"]
+    short_eval = [] if args.full else ["--set", "generation.max_new_tokens=8"]
+    users = args.personas
+    print(f"rehearsal: {users} personas x {args.sessions} sessions, "
+          f"{'full settings' if args.full else 'one seed, one epoch, 8 new tokens'}; model {model_dir}", flush=True)
+    build = f"from adaptcommand.model.modeling import build_layout_model; build_layout_model({str(model_dir)!r})"
+    stages = [
+        # its own process, like every stage: this one's memory must not count in the others' peaks
+        *([("model", ["-c", build])] if not (model_dir / "config.json").is_file() else []),
+        ("data", ["scripts/make_demo_data.py", "--out_dir", data / "raw", "--personas", users,
+                  "--sessions", args.sessions, "--seed", 0]),
+        ("clean", ["scripts/clean_data.py", "--raw_dir", data / "raw", "--output", data / "cleaned/dialogs_clean.jsonl"]),
+        ("split", ["scripts/create_splits.py", "--input", data / "cleaned/dialogs_clean.jsonl",
+                   "--output", data / "splits/edgesplits.json"]),
+        *[(f"train {scope}", ["scripts/train_lora_per_user.py", "--config", "configs/lora_training.json",
+                              "--scope", scope, *common, *short_training]) for scope in SCOPES],
+        ("evaluate", ["scripts/eval_lora.py", "--config", "configs/lora_eval.json", "--output_dir", results,
+                      *common, *short_eval]),
+        ("analyse", ["scripts/analyze_results.py", "--results", results, *common,
+                     "--label", f"rehearsal on random-model replies ({users} synthetic personas)"]),
+    ]
+    rows = [run_stage(stage, command, users, models) for stage, command in stages]
+    total = sum(r["seconds"] for r in rows)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "rehearsal.json").write_text(json.dumps(
+        {"personas": users, "sessions": args.sessions, "full": args.full, "stages": rows, "seconds": total,
+         "date": time.strftime("%Y-%m-%d")}, indent=1))
+    failed = [r["stage"] for r in rows if r["exit"] != 0]
+    print(f"wrote {results / 'rehearsal.json'}" + (f"; FAILED stages: {', '.join(failed)}" if failed else ""))
+    print(f"rehearsal: {users} users, {total:.0f} s in all, {total / users:.2f} s per user")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
