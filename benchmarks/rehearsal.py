@@ -11,11 +11,15 @@ Qwen2.5-0.5B-Instruct's layout (24 layers, the 7 LoRA projections) but 64 wide
 (modeling.build_layout_model), on the CPU in float32: what a stage costs is then the pipeline's own
 bookkeeping, which is what must stay flat per user as the study grows.
 
-By default the run is shortened so that 200 users finish on 2 cores: one training seed, one epoch,
-8 new tokens per reply (a random model never stops early). --full keeps the real configs' three seeds,
-epochs and 128 new tokens. Per stage it prints wall seconds, seconds per user, the stage's peak resident
+By default the run is shortened so that 200 users can finish on 2 cores in about an hour (the model's
+24 layers are not free even 64 wide): 20 sessions per persona instead of 50 (12 train, 4 val, 4 test),
+each adapter trained on its persona's first 3 train dialogues (training.max_train_sessions), one
+training seed, one epoch, 8 new tokens per reply (a random model never stops early). Every arm, the
+best-on-val replies and the cloze stay. --full keeps 50 sessions and the real configs' seeds, epochs,
+training data and 128 new tokens. Per stage it prints wall seconds, seconds per user, the stage's peak resident
 memory and the adapters on disk; the table goes to results/rehearsal/<personas>/rehearsal.json too.
-Each stage runs in its own process, alone: nothing else should use the cores meanwhile.
+Each stage runs in its own process, alone: nothing else should use the cores meanwhile. Each stage's
+output (the evaluation's time breakdown among it) is kept in results/rehearsal/<personas>_logs/.
 """
 
 import argparse
@@ -33,8 +37,9 @@ ARMS = {"all": "lora_all", "per_user": "lora_per_user", "per_user_on_all": "lora
         "all_on_all": "lora_all_on_all", "prefix_all": "prefix_all", "prefix_per_user": "prefix_per_user"}
 
 
-def run_stage(name, command, users, models):
-    """Run one stage as its own process; returns its row (wall s, s per user, peak RSS of that process)."""
+def run_stage(name, command, users, models, logs):
+    """Run one stage as its own process, its output into logs/<stage>.log; returns its row (wall s, s per
+    user, peak RSS of that process)."""
     t0 = time.perf_counter()
     process = subprocess.Popen([sys.executable, *map(str, command)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -49,6 +54,8 @@ def run_stage(name, command, users, models):
            "peak_rss_mb": round(usage.ru_maxrss / 1024), "adapters_on_disk": adapters, "exit": code}
     print(f"{name:<28} {seconds:8.1f} s  {seconds / users:7.3f} s/user  {row['peak_rss_mb']:6d} MB peak  "
           f"{adapters:5d} adapters  exit {code}", flush=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{name.replace(' ', '_')}.log").write_text("".join(lines))
     if code != 0:
         print("".join(lines[-30:]), file=sys.stderr)
     return row
@@ -57,25 +64,27 @@ def run_stage(name, command, users, models):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--personas", type=int, default=200)
-    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--sessions", type=int, default=None, help="sessions per persona (default: 20; --full: 50)")
     parser.add_argument("--full", action="store_true", help="the real configs' seeds, epochs and new tokens")
     parser.add_argument("--root", default=None, help="default: data|models|results/rehearsal/<personas>")
     args = parser.parse_args()
+    args.sessions = args.sessions or (50 if args.full else 20)
     name = f"rehearsal/{args.personas}" + ("_full" if args.full else "")
     data, models, results = (ROOT / kind / name for kind in ("data", "models", "results"))
     model_dir = ROOT / "models" / "rehearsal" / "layout_qwen2.5-0.5b_w64"
-    for folder in (data, models, results):  # every stage is timed from scratch: nothing is skipped as complete
+    for folder in (data, models, results, results.parent / f"{results.name}_logs"):  # every stage is timed from scratch: nothing is skipped as complete
         shutil.rmtree(folder, ignore_errors=True)
     common = ["--set", f"model.name={model_dir}", "--set", "model.device=cpu", "--set", "model.dtype=float32",
               "--set", f"data.dialogs={data}/cleaned/dialogs_clean.jsonl",
               "--set", f"data.splits={data}/splits/edgesplits.json",
               *[x for scope in SCOPES for x in ("--set", f"adapters.{ARMS[scope]}={models}/{ARMS[scope]}")]]
     short_training = [] if args.full else ["--set", "training.seeds=[0]", "--set", "training.epochs=1",
-                                          "--set", "training.unified_epochs=1"]
+                                          "--set", "training.unified_epochs=1", "--set", "training.max_train_sessions=3"]
     short_eval = [] if args.full else ["--set", "generation.max_new_tokens=8"]
     users = args.personas
     print(f"rehearsal: {users} personas x {args.sessions} sessions, "
-          f"{'full settings' if args.full else 'one seed, one epoch, 8 new tokens'}; model {model_dir}", flush=True)
+          f"{'full settings' if args.full else '3 train dialogues per adapter, one seed, one epoch, 8 new tokens'}; "
+          f"model {model_dir}", flush=True)
     build = f"from adaptcommand.model.modeling import build_layout_model; build_layout_model({str(model_dir)!r})"
     stages = [
         # its own process, like every stage: this one's memory must not count in the others' peaks
@@ -92,7 +101,7 @@ def main():
         ("analyse", ["scripts/analyze_results.py", "--results", results, *common,
                      "--label", f"rehearsal on random-model replies ({users} synthetic personas)"]),
     ]
-    rows = [run_stage(stage, command, users, models) for stage, command in stages]
+    rows = [run_stage(stage, command, users, models, results.parent / f"{results.name}_logs") for stage, command in stages]
     total = sum(r["seconds"] for r in rows)
     results.mkdir(parents=True, exist_ok=True)
     (results / "rehearsal.json").write_text(json.dumps(

@@ -68,12 +68,12 @@ def parse_curve(items):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, help="an evaluation's output folder (eval_lora.py --output_dir)")
     parser.add_argument("--curve", nargs="*", default=[], metavar="N=FOLDER",
                         help="evaluations of adapters trained on N train sessions per persona")
     parser.add_argument("--label", default="", help="what the data is, in the report's title (say 'synthetic')")
-    parser.add_argument("--n_bootstrap", type=int, default=2000)
+    parser.add_argument("--n_bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override the evaluation's config (its file and --set flags, from arm_metrics.json), "
                              "e.g. --set data.dialogs=data/x.jsonl; repeatable")

@@ -29,9 +29,9 @@ def print_problems(problems, stream):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--raw_dir", required=True)
-    parser.add_argument("--output", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw_dir", required=True, help="folder with characters.jsonl, routines.jsonl, sessions.jsonl")
+    parser.add_argument("--output", required=True, help="the cleaned file to write (one dialogue per line)")
     parser.add_argument("--lenient", action="store_true", help="skip bad records instead of failing")
     args = parser.parse_args()
     dialogs, report, problems = clean(args.raw_dir, args.lenient)

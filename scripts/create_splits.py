@@ -27,9 +27,9 @@ def parse_ratios(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="cleaned dialogues (clean_data.py output)")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", required=True, help="the split file to write (edgesplits.json)")
     parser.add_argument("--ratios", default="0.6,0.2,0.2", help="train,val,test shares")
     parser.add_argument("--online_k", type=int, default=5, help="last K train dialogues per persona")
     parser.add_argument("--min_dialogues", type=int, default=10, help="fewer dialogues than this is an error")

@@ -37,9 +37,9 @@ def download(out_dir, repo_id=REPO_ID):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out_dir", default="data/raw")
-    parser.add_argument("--repo_id", default=REPO_ID)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", default="data/raw", help="where to write characters/routines/sessions.jsonl")
+    parser.add_argument("--repo_id", default=REPO_ID, help="the dataset on the Hugging Face Hub")
     args = parser.parse_args()
     for path in download(args.out_dir, args.repo_id):
         print(f"wrote {path}")

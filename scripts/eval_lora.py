@@ -253,10 +253,12 @@ def prompt_mismatches(cfg, availability):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--personas", default=None)
-    parser.add_argument("--output_dir", default="results/lora")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--personas", default=None, help="comma-separated persona ids (default: every persona of the split)")
+    who.add_argument("--max_personas", type=int, default=None, help="the first N personas")
+    parser.add_argument("--output_dir", default="results/lora", help="where the tables, plots and replies go")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on turns per split (default: config)")
     parser.add_argument("--fresh", action="store_true",
                         help="ignore the replies already in <output_dir>/predictions*.jsonl and generate them all again")
@@ -267,7 +269,7 @@ def main():
     cfg = load_config(args.config, args.set)
     dialogs = load_dialogs(cfg["data"]["dialogs"])
     splits = load_splits(cfg["data"]["splits"], dialogs)
-    personas = choose_personas(splits, args.personas)
+    personas = choose_personas(splits, args.personas, args.max_personas)
     max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
     metric = cfg["arms"]["primary_metric"]
     state = distributed_state()

@@ -52,12 +52,11 @@ def print_report(sessions, sample_path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", help="where to write the three files (optional with --report)")
-    parser.add_argument("--personas", type=int, default=8)
-    parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--personas", type=int, default=8, help="how many users")
+    parser.add_argument("--sessions", type=int, default=50, help="sessions per user (the real data has 50)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed: other seeds give other users and routines")
     parser.add_argument("--identity_cues", choices=IDENTITY_CUES, default="real",
                         help="how much the wording tells users apart: none (voices, activities and small talk "
                              "shared by all users), real (about as often as in the real sample: users mention "

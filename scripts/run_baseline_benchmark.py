@@ -32,9 +32,9 @@ from adaptcommand.model.modeling import load_embedder, load_model_and_tokenizer
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--output_dir", default="results/baseline")
+    parser.add_argument("--output_dir", default="results/baseline", help="where the results and replies go")
     parser.add_argument("--max_examples", type=int, default=None, help="cap on assistant turns (default: config)")
     parser.add_argument("--personas", default=None, help="comma-separated persona ids (default: all)")
     parser.add_argument("--fresh", action="store_true",

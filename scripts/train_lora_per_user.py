@@ -107,7 +107,7 @@ def val_value_spans(dialogs, splits):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--scope", choices=sorted(SCOPE_ARM), default=None, help="default: the config's")
     group = parser.add_mutually_exclusive_group()

@@ -265,3 +265,31 @@ def test_chained_replies_identical_on_the_embedded_model(demo_files):
     chained = generate_texts(model, tokenizer, prompts, gen, progress=False,
                              chain_keys=[t["dialog_index"] for t in turns])
     assert chained == one_at_a_time and len(set(chained)) > 1
+
+
+def test_greedy_ignores_the_sampling_and_penalty_defaults_a_model_ships(tiny_model_dir, tmp_path):
+    """A model saved with Qwen2.5-Instruct's generation_config (sampling, a repetition penalty) gives the same
+    greedy replies as the same weights without it."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from adaptcommand.model.config import defaults
+    from adaptcommand.model.generation import generate_texts
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+    from adaptcommand.model.prompting import build_turn_messages, render_prompt
+
+    qwen_like = tmp_path / "qwen_like"
+    shutil.copytree(tiny_model_dir, qwen_like)
+    shipped = GenerationConfig.from_pretrained(tiny_model_dir)  # its special tokens, plus Qwen's sampling defaults
+    shipped.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.5, no_repeat_ngram_size=2)
+    shipped.save_pretrained(qwen_like)
+    dialog = {"messages": [{"role": "user", "text": "Lights to 40%, please."}, {"role": "assistant", "text": "Done."}]}
+    replies = {}
+    for name, folder in (("plain", tiny_model_dir), ("qwen_like", qwen_like)):
+        model, tokenizer, _ = load_model_and_tokenizer(str(folder), device="cpu")
+        assert model.generation_config.repetition_penalty in (None, 1.0) and not model.generation_config.do_sample
+        prompt = render_prompt(tokenizer, build_turn_messages(dialog, 1, {**defaults()["prompt"], "system_template": "S"}))
+        replies[name] = generate_texts(model, tokenizer, [prompt] * 2, {**defaults()["generation"], "max_new_tokens": 12},
+                                       progress=False)
+    assert replies["qwen_like"] == replies["plain"]

@@ -64,6 +64,25 @@ def test_personas_trained_together_equal_one_by_one(config_factory, tiny_arch_di
         assert log_b["step_learning_rate"] == pytest.approx(log_a["step_learning_rate"], rel=1e-6)
 
 
+def test_personas_trained_together_equal_one_by_one_in_bfloat16(config_factory, tiny_arch_dir, tmp_path):
+    """The GPU's dtype: the base model in bfloat16, the adapters in float32, both trainers alike within what
+    bfloat16's rounding of the activations allows."""
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    for folder, extra in ((alone, {}), (together, {"parallel_personas": 3, "micro_batch_size": 2})):
+        config = config_factory(folder.name, tiny_arch_dir, epochs=1, **extra)
+        result = run_script("train_lora_per_user.py", "--config", config, "--output_dir", folder,
+                            "--set", "model.dtype=bfloat16")
+        assert result.returncode == 0, result.stderr
+    for persona in ("persona_000", "persona_001", "persona_002"):
+        a = load_file(str(alone / "seed_0" / persona / "adapter_model.safetensors"))
+        b = load_file(str(together / "seed_0" / persona / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and all(t.dtype == torch.float32 for t in a.values())
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=2e-3, rtol=5e-2)
+        log_a, log_b = (json.loads((f / "seed_0" / persona / "train_log.json").read_text()) for f in (alone, together))
+        assert log_b["step_train_loss"] == pytest.approx(log_a["step_train_loss"], rel=2e-2)
+
+
 def test_two_processes_split_the_personas(config_factory, tmp_path):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
@@ -136,3 +155,15 @@ def test_a_failed_export_leaves_no_lora_in_the_base_model(tiny_model_dir, tmp_pa
     with pytest.raises(OSError):
         multi_lora.export_adapters(model, lora, [state], [tmp_path / "a"], [{}])
     assert len(list(model.modules())) == modules and not any("lora" in n for n, _ in model.named_modules())
+
+
+def test_more_processes_than_gpus_is_refused_in_one_line(monkeypatch):
+    from adaptcommand.data.data_io import UserError
+    from adaptcommand.model.modeling import distributed_state
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="2 processes on this machine but 1 GPU"):
+        distributed_state()

@@ -76,14 +76,14 @@ def test_prefix_scopes_train_resume_and_load(scope, tiny_model_dir, demo_files, 
     assert result.returncode == 0 and f"{len(folders)} already complete" in result.stdout
 
 
-def _prefix_model(model_dir, names=("a", "b")):
+def _prefix_model(model_dir, names=("a", "b"), dtype="auto"):
     """A PEFT model holding random prefix adapters of these names (prefixes far from zero, so they matter)."""
     from peft import get_peft_model
 
     from adaptcommand.model.adapters import prefix_config
     from adaptcommand.model.modeling import load_model_and_tokenizer
 
-    model, tokenizer, _ = load_model_and_tokenizer(str(model_dir), device="cpu")
+    model, tokenizer, _ = load_model_and_tokenizer(str(model_dir), device="cpu", dtype=dtype)
     torch.manual_seed(0)
     config = prefix_config({"num_virtual_tokens": 3, "projection": False})
     peft_model = get_peft_model(model, config, adapter_name=names[0])
@@ -228,3 +228,28 @@ def test_eval_compares_prefix_arms_and_skips_unusable_ones(tiny_model_dir, demo_
     assert {("prefix_all", "baseline"), ("prefix_per_user", "baseline"), ("best_on_val", "baseline")} <= compared
     replies = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert {r["arm"] for r in replies} >= {"prefix_all", "prefix_per_user"}
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's forward, the reference
+def test_prefix_generation_in_bfloat16_follows_the_forward(tiny_arch_dir):
+    """The prefix path in bfloat16 (the GPU's dtype): replies come out, and each prompt's first-step logits
+    are PEFT's forward on it, within bfloat16's rounding."""
+    from adaptcommand.model.config import defaults
+    from adaptcommand.model.generation import encode_prompts, generate_texts, generation_kwargs, padded_batch, prefix_generate
+
+    model, tokenizer = _prefix_model(tiny_arch_dir, dtype="bfloat16")
+    assert model.get_base_model().dtype == torch.bfloat16
+    prompts = [f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n" for text in ("Lights to 40%.", "TV on.")]
+    gen_cfg = {**defaults()["generation"], "max_new_tokens": 4}
+    replies = generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=2, adapter_names=["a", "b"], progress=False)
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    first = {**generation_kwargs(model, tokenizer, {**gen_cfg, "max_new_tokens": 1}), "output_logits": True,
+             "return_dict_in_generate": True}
+    model.set_adapter("a")
+    ids = encode_prompts(tokenizer, prompts)
+    input_ids, attention = padded_batch(tokenizer, ids, "cpu")
+    with torch.no_grad():
+        together = prefix_generate(model, input_ids, attention, first).logits[0].float()
+        for row in range(2):
+            forward = model(input_ids=torch.tensor([ids[row]])).logits[0, -1].float()
+            torch.testing.assert_close(together[row], forward, atol=6e-2, rtol=2e-2)

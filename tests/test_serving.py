@@ -178,3 +178,19 @@ def test_store_sets_aside_an_adapter_that_does_not_fit(tiny_model_dir, tmp_path)
     problems = model.adapter_store.load({"a": folders["a"], "bad": broken})
     assert list(problems) == ["bad"] and "adapter_config.json unreadable" in problems["bad"]
     assert set(model.adapter_store.slot_of) == {BASE, "a"}
+
+
+def test_store_cloze_cached_scores_equal_full_sequence_scores_in_bfloat16(tiny_arch_dir, tmp_path):
+    from adaptcommand.evaluation.cloze import candidate_logprobs
+
+    folders = _adapters(tiny_arch_dir, tmp_path, SPECS)
+    served, tokenizer = _store(tiny_arch_dir, folders, dtype="bfloat16")
+    ids = encode_prompts(tokenizer, _batch(tokenizer)[0])[1]
+    prefix, tails = ids[:-4], [ids[-4:], ids[-3:], ids[-6:-4] + ids[-2:]]
+    cached = candidate_logprobs(served, prefix, tails, "b")
+    for tail, score in zip(tails, cached):
+        served.adapter_store.route(["b"])
+        with torch.no_grad():
+            logp = torch.log_softmax(served(input_ids=torch.tensor([prefix + tail])).logits[0].float(), dim=-1)
+        full = sum(float(logp[len(prefix) + j - 1, tok]) for j, tok in enumerate(tail))
+        assert score == pytest.approx(full, abs=0.15)  # a few tokens' log-probabilities, each rounded in bf16

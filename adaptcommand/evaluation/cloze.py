@@ -104,7 +104,7 @@ def _answer_index(candidates, written, value, param):
 
 def cloze_items(dialogs, indices_by_persona, actions_of):
     """Every stated routine value in the given dialogues ({persona: indices}); actions_of(index) gives
-    the actions of each message of a dialogue (scripts/routine_knowledge.message_actions)."""
+    the actions of each message of a dialogue (adaptcommand/evaluation/routine_knowledge.message_actions)."""
     items = []
     for persona, indices in indices_by_persona.items():
         for index in indices:

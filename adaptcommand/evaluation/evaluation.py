@@ -60,6 +60,9 @@ def make_retriever(embedder, dialogs, splits, k):
     return HistoryRetriever(embedder, dialogs, {p: v["train"] for p, v in splits.items()}, k)
 
 
+REFERENCE_CACHE = 20_000  # reference embeddings kept: about 30 MB with all-MiniLM-L6-v2
+
+
 class TurnScorer:
     def __init__(self, embedder):
         from rouge_score import rouge_scorer
@@ -68,6 +71,22 @@ class TurnScorer:
         self.rouge = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
         self.extract = ActionExtractor().extract_actions
         self._dialog_cache = {}
+        self._vector_cache = {}
+
+    def encode(self, texts):
+        if not texts:
+            return np.zeros((0, 1))
+        return np.asarray(self.embedder.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False))
+
+    def reference_vectors(self, refs):
+        """Embeddings of reference replies, each encoded once: every arm is scored against the same references.
+        The cache is emptied past REFERENCE_CACHE texts, so memory does not grow with the personas evaluated."""
+        new = [t for t in dict.fromkeys(refs) if t not in self._vector_cache]
+        if len(self._vector_cache) + len(new) > REFERENCE_CACHE:
+            self._vector_cache.clear()
+            new = list(dict.fromkeys(refs))
+        self._vector_cache.update(zip(new, self.encode(new)))
+        return np.stack([self._vector_cache[t] for t in refs]) if refs else np.zeros((0, 1))
 
     def dialog_state(self, dialogs, index):
         """(actions of every message, testable routine settings) of a dialogue, computed once."""
@@ -80,10 +99,7 @@ class TurnScorer:
         """One record per turn (collect_turns' turns: the reference is message turn_index of its dialogue):
         the metrics, the extracted actions and the counts to aggregate."""
         refs = [t["reference"] for t in turns]
-        vectors = self.embedder.encode(predictions + refs, normalize_embeddings=True, batch_size=64,
-                                       show_progress_bar=False)
-        vectors = np.asarray(vectors)
-        pred_vec, ref_vec = vectors[: len(refs)], vectors[len(refs):]
+        pred_vec, ref_vec = self.encode(predictions), self.reference_vectors(refs)
         records = []
         for k, (turn, pred) in enumerate(zip(turns, predictions)):
             dialog = dialogs[turn["dialog_index"]]

@@ -231,4 +231,12 @@ def markdown_tables(table, compared, metric):
                  "these personas would detect with 80% power")
     return (arms.to_markdown(index=False, disable_numparse=True) + "\n\n"
             + (comparison.to_markdown(index=False, disable_numparse=True) + "\n\n" if len(comparison) else "")
-            + "\n".join(notes) + "\n")
+            + "\n".join(notes) + "\n\n" + HOW_TO_READ)
+
+
+HOW_TO_READ = (
+    "How to read this: the first table is each arm's mean over personas; on routine_f1, echo_assistant is the floor "
+    "and oracle the ceiling.\n"
+    "The second is each arm minus its reference, persona by persona: only `wins` or `loses` is a finding, and "
+    "`too few personas` or `no difference` with a large MDE says the run was too small to tell.\n"
+    "What the study has found so far, on which data and how sure: RESULTS.md.\n")

@@ -7,7 +7,7 @@ a per-user-on-unified adapter of seed s sits on the unified adapter of seed s.
 An adapter is a standard PEFT folder (adapter_config.json, adapter_model.safetensors) plus the
 train_log.json this project writes beside them; a folder is complete only with all three, which
 is how a rerun knows what to skip. Adapters are written under a temporary name and renamed into
-place (scripts/data_io.atomic_path), so an interrupted run never leaves a complete-looking folder.
+place (adaptcommand/data/data_io.atomic_path), so an interrupted run never leaves a complete-looking folder.
 """
 
 import copy

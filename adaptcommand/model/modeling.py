@@ -136,8 +136,20 @@ def load_model_and_tokenizer(name, device="auto", dtype="auto"):
             f"cannot load model {name!r}: tried {tried} and the Hugging Face Hub "
             f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); use a local folder or "
             f"'embedded:smollm2-135m-instruct' offline") from None
+    model.generation_config = plain_generation_config(model.generation_config)
     model.to(device).eval()
     return model, tokenizer, path
+
+
+def plain_generation_config(shipped):
+    """The model's generation_config with only its special tokens kept: the sampling and penalty defaults a
+    model ships (Qwen2.5-Instruct: do_sample, temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05)
+    would otherwise fill every setting our configs leave unset, so "greedy" replies would be penalised.
+    What generation does is then set by the config's `generation` section alone."""
+    from transformers import GenerationConfig
+
+    keep = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return GenerationConfig(**{k: getattr(shipped, k) for k in keep if getattr(shipped, k, None) is not None})
 
 
 def resolve_embedding_path(name):
@@ -158,13 +170,21 @@ def load_embedder(name, device="cpu"):
 
 
 def distributed_state():
-    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun), else None."""
+    """accelerate's PartialState when launched with several processes (accelerate launch, torchrun), else None.
+
+    On GPUs each process takes its own card (rank N: cuda:N); more processes on a machine than it has cards
+    is refused with a UserError (NCCL does not run two ranks on one card)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch
     from accelerate import PartialState
 
     cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if cuda and local > torch.cuda.device_count():
+        raise UserError(f"{local} processes on this machine but {torch.cuda.device_count()} GPU(s): run one process "
+                        f"per GPU (--num_processes {torch.cuda.device_count()}); on one GPU, train several personas "
+                        f"at once with training.parallel_personas instead")
     return PartialState(cpu=not cuda, backend=None if cuda else "gloo")
 
 

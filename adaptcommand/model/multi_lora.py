@@ -46,9 +46,12 @@ class StackedLoRALinear(nn.Module):
         self.index = None  # (batch,) persona slot of each example, set before each forward
 
     def forward(self, x):
+        """As PEFT's LoRA layer computes it: the adapter in its own dtype (float32), added to the base output
+        before one cast back to the base's dtype."""
+        result = self.base(x)
         a, b = self.lora_A[self.index], self.lora_B[self.index]
         h = torch.einsum("bsi,bri->bsr", self.dropout(x).to(a.dtype), a)
-        return self.base(x) + torch.einsum("bsr,bor->bso", h, b).to(x.dtype) * self.scaling
+        return (result + torch.einsum("bsr,bor->bso", h, b) * self.scaling).to(result.dtype)
 
 
 def inject(model, lora_cfg, k):
@@ -231,7 +234,7 @@ def train_group(model, cfg, train_sets, val_sets, pad_id, progress=True):
 
 
 def export_adapters(model, lora, states, folders, logs):
-    """Write each slot as a standard PEFT adapter folder (scripts/adapters.save_adapter). The PEFT wrapper
+    """Write each slot as a standard PEFT adapter folder (adapters.save_adapter). The PEFT wrapper
     is taken off again even when a write fails, so later groups train on the plain base model."""
     from peft import get_peft_model
 
