@@ -143,3 +143,18 @@ def test_empty_persona_and_spontaneous_only_persona_are_reported_by_cleaning(tmp
     if result.returncode == 0:
         split = _clean(run_script("create_splits.py", "--input", out, "--output", tmp_path / "splits.json"))
         assert split.returncode in (0, 1)
+
+
+def test_a_persona_without_test_dialogues_is_left_out_of_the_tables(config, demo_files, tmp_path):
+    splits = json.loads(demo_files["splits_path"].read_text())
+    first = sorted(splits)[0]
+    splits[first]["test"] = []
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(splits))
+    out = tmp_path / "results"
+    result = _clean(run_script("eval_lora.py", "--config", config("eval", splits=path), "--output_dir", out,
+                               "--set", 'arms.names=["echo","oracle","baseline"]'))
+    assert result.returncode == 0, result.stderr
+    arms = json.loads((out / "arm_metrics.json").read_text())["arms"]
+    assert arms["baseline"]["personas"] == len(splits) - 1
+    _no_temporaries(out)

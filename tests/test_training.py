@@ -190,6 +190,7 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
     assert log["best_epoch"] in (1, 2) and len(log["epochs"]) == 2 and log["train_tokens"] > 0
     assert log["optimizer_steps"] == 2 * -(-log["train_examples"] // 2)  # 2 epochs of batches of 2
     assert log["floor_tokens_per_second"] > 0 and log["device"].endswith("threads)")
+    assert log["truncated_examples"] == 0  # max_seq_length 512 fits every demo dialogue
     # the training curves as TensorBoard event files beside the log, read back
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -207,7 +208,7 @@ def test_per_user_adapters_resume_and_determinism(train_config, tmp_path):
     adapter_cfg = json.loads((out / "persona_000" / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 4 and adapter_cfg["base_model_name_or_path"] == json.loads(config.read_text())["model"]["name"]
     rows = list(csv.DictReader((root / "training_summary.csv").open()))
-    assert [(r["status"], r["seed"]) for r in rows] == [("trained", "0"), ("trained", "0")]
+    assert [(r["status"], r["seed"], r["truncated_examples"]) for r in rows] == [("trained", "0", "0")] * 2
 
     # an interrupted persona: its folder is incomplete -> redone; the finished one is skipped
     (out / "persona_001" / "adapter_model.safetensors").unlink()

@@ -193,9 +193,11 @@ def kept_epoch(layers, slot, tracker, k):
     """Put a slot's kept epoch back into its weights; its training log, or the TrainingDiverged error of a
     slot that has no epoch to keep (the other slots are not affected)."""
     try:
-        log = {**tracker.finish(), "parallel_personas": k}
+        log = tracker.finish()
     except TrainingDiverged as err:
         return err
+    # each slot's share of the group's time: the K slots trained in the same seconds
+    log.update(seconds=log["seconds"] / k, group_seconds=log["seconds"], parallel_personas=k)
     with torch.no_grad():
         for layer, (a, b) in zip(layers.values(), tracker.state):
             layer.lora_A[slot].copy_(a)
