@@ -46,6 +46,9 @@ def main():
     output = Path(args.output)
     write_jsonl(output, dialogs)
     write_json(output.parent / "cleaning_report.json", report)
+    if report["personas_without_dialogues"]:
+        print(f"warning: {len(report['personas_without_dialogues'])} persona(s) with no usable session left out: "
+              f"{', '.join(report['personas_without_dialogues'])}", file=sys.stderr)
     print(f"wrote {len(dialogs)} dialogues from {report['personas_kept']} personas to {output}")
     print(f"dropped: {report['empty_messages_dropped']} empty messages, "
           f"{report['degenerate_dialogues_dropped']} degenerate dialogues, {report['records_skipped']} bad records")

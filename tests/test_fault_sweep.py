@@ -41,6 +41,16 @@ def config(tmp_path, tiny_model_dir, demo_files):
     return make
 
 
+def _split_without(demo_files, tmp_path, part):
+    """(the first persona, a split file in which it has no `part` dialogues, the split)."""
+    splits = json.loads(demo_files["splits_path"].read_text())
+    first = sorted(splits)[0]
+    splits[first][part] = []
+    path = tmp_path / f"splits_no_{part}.json"
+    path.write_text(json.dumps(splits))
+    return first, path, splits
+
+
 def _summary(root):
     return {r["persona_id"]: r for r in csv.DictReader((root / "training_summary.csv").open())}
 
@@ -59,11 +69,7 @@ def test_nan_loss_marks_every_adapter_failed_with_the_reason(config, tmp_path):
 
 
 def test_first_persona_without_train_dialogues_does_not_stop_the_others(config, demo_files, tmp_path):
-    splits = json.loads(demo_files["splits_path"].read_text())
-    first = sorted(splits)[0]
-    splits[first]["train"] = []
-    path = tmp_path / "splits.json"
-    path.write_text(json.dumps(splits))
+    first, path, splits = _split_without(demo_files, tmp_path, "train")
     for parallel in (1, 2):
         root = tmp_path / f"per_user_{parallel}"
         result = _clean(run_script("train_lora_per_user.py", "--config", config(splits=path), "--output_dir", root,
@@ -119,11 +125,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_naming_it(config, t
 
 
 def test_a_persona_without_val_dialogues_keeps_its_last_epoch(config, demo_files, tmp_path):
-    splits = json.loads(demo_files["splits_path"].read_text())
-    first = sorted(splits)[0]
-    splits[first]["val"] = []
-    path = tmp_path / "splits.json"
-    path.write_text(json.dumps(splits))
+    first, path, _ = _split_without(demo_files, tmp_path, "val")
     root = tmp_path / "per_user"
     result = _clean(run_script("train_lora_per_user.py", "--config", config(splits=path), "--personas", first,
                                "--output_dir", root, "--set", "training.epochs=2"))
@@ -131,7 +133,7 @@ def test_a_persona_without_val_dialogues_keeps_its_last_epoch(config, demo_files
     assert _summary(root)[first]["best_epoch"] == "2"
 
 
-def test_empty_persona_and_spontaneous_only_persona_are_reported_by_cleaning(tmp_path):
+def test_empty_persona_is_named_and_left_out_and_a_spontaneous_only_one_is_kept(tmp_path):
     characters, routines, sessions = generate(3, 10, seed=5)
     sessions[1] = {"sessions": []}
     for session in sessions[2]["sessions"]:
@@ -139,18 +141,17 @@ def test_empty_persona_and_spontaneous_only_persona_are_reported_by_cleaning(tmp
     raw = write_raw(tmp_path / "raw", characters, routines, sessions)
     out = tmp_path / "clean.jsonl"
     result = _clean(run_script("clean_data.py", "--raw_dir", raw, "--output", out))
-    assert result.returncode in (0, 1), result.stderr
-    if result.returncode == 0:
-        split = _clean(run_script("create_splits.py", "--input", out, "--output", tmp_path / "splits.json"))
-        assert split.returncode in (0, 1)
+    assert result.returncode == 0, result.stderr
+    assert "1 persona(s) with no usable session left out: persona_001 (sessions.jsonl:2)" in result.stderr
+    report = json.loads((tmp_path / "cleaning_report.json").read_text())
+    assert report["personas_without_dialogues"] == ["persona_001 (sessions.jsonl:2)"]
+    split = _clean(run_script("create_splits.py", "--input", out, "--output", tmp_path / "splits.json"))
+    assert split.returncode == 0, split.stderr
+    assert set(json.loads((tmp_path / "splits.json").read_text())) == {"persona_000", "persona_002"}
 
 
 def test_a_persona_without_test_dialogues_is_left_out_of_the_tables(config, demo_files, tmp_path):
-    splits = json.loads(demo_files["splits_path"].read_text())
-    first = sorted(splits)[0]
-    splits[first]["test"] = []
-    path = tmp_path / "splits.json"
-    path.write_text(json.dumps(splits))
+    first, path, splits = _split_without(demo_files, tmp_path, "test")
     out = tmp_path / "results"
     result = _clean(run_script("eval_lora.py", "--config", config("eval", splits=path), "--output_dir", out,
                                "--set", 'arms.names=["echo","oracle","baseline"]'))

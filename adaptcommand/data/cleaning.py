@@ -106,7 +106,8 @@ def clean(raw_dir, lenient=False):
     if len(rows) < len(RAW_FILES) or (problems and not lenient):
         return [], {}, problems
     counts = {"personas_in": 0, "personas_kept": 0, "sessions_in": 0, "dialogues_kept": 0,
-              "empty_messages_dropped": 0, "degenerate_dialogues_dropped": 0, "records_skipped": 0}
+              "empty_messages_dropped": 0, "degenerate_dialogues_dropped": 0, "records_skipped": 0,
+              "personas_without_dialogues": []}
     dialogs = []
     n = min(len(r) for r in rows.values())
     for index in range(n):
@@ -140,6 +141,8 @@ def clean(raw_dir, lenient=False):
                             "applied_routines": session["applied_routines"], "messages": messages})
             kept_any = True
         counts["personas_kept"] += kept_any
+        if not kept_any:  # no session at all, or none usable: the persona is left out, by name
+            counts["personas_without_dialogues"].append(f"{persona_id} (sessions.jsonl:{s_line})")
     counts["dialogues_kept"] = len(dialogs)
     if problems and not lenient:
         return [], {}, problems
