@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import demo_dataset, qwen_shaped, random_examples
 
 from adaptcommand.model.config import load_config
 
@@ -54,7 +55,7 @@ def reset_peak(device):
 def load_model(args, device, dtype):
     """(model, tokenizer, what it is): the real model where its folder is given and present, else a random
     one of its configuration (or the 64-wide layout model with --tiny)."""
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from adaptcommand.model.modeling import build_layout_model, embedded_tokenizer, load_tokenizer, plain_generation_config
 
@@ -68,25 +69,10 @@ def load_model(args, device, dtype):
     else:
         tokenizer = embedded_tokenizer()
         tokenizer.padding_side = "left"
-        config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                             tie_word_embeddings=True, rope_theta=1000000.0, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
-        model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+        model = qwen_shaped(device, dtype, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).eval()
         label = "random model with Qwen2.5-0.5B-Instruct's exact configuration"
     model.generation_config = plain_generation_config(model.generation_config)
     return model, tokenizer, label
-
-
-def random_examples(n, seq_len, vocab, seed):
-    from adaptcommand.model.training import IGNORE
-
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(10, vocab, (seq_len,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [IGNORE] * (seq_len * 2 // 3) + ids[seq_len * 2 // 3:]})
-    return out
 
 
 def one_by_one(model, cfg, args, device):
@@ -94,7 +80,7 @@ def one_by_one(model, cfg, args, device):
     from adaptcommand.model.training import AdapterTrainer, train_adapter
 
     training = {**cfg["training"], "epochs": 1, "seed": 0, "select_by": "last"}
-    examples = random_examples(args.steps * training["batch_size"], args.seq_len, args.vocab, 0)
+    examples = random_examples(args.steps * training["batch_size"], args.seq_len, args.vocab, 0, args.seq_len * 2 // 3)
     trainer = AdapterTrainer(model, None, {**cfg, "training": training}, None)
     adapter = trainer.fresh_adapter("bench")
     dtypes = sorted({str(p.dtype).removeprefix("torch.") + (" (adapter)" if p.requires_grad else " (base)")
@@ -121,7 +107,8 @@ def stacked(model, cfg, args, device):
     rates = {}
     for k in args.k:
         training = {**cfg["training"], "epochs": 1, "seed": 0, "select_by": "last", "micro_batch_size": args.micro}
-        train_sets = [random_examples(args.per_persona, args.seq_len, args.vocab, s) for s in range(k)]
+        train_sets = [random_examples(args.per_persona, args.seq_len, args.vocab, s, args.seq_len * 2 // 3)
+                      for s in range(k)]
         reset_peak(device)
         try:
             sync(device)
@@ -200,8 +187,6 @@ def replies(model, tokenizer, eval_cfg, args, device):
 
 def cloze(model, tokenizer, eval_cfg, args):
     """(e): --items cloze items of demo dialogues on the base model; items/s."""
-    from common import demo_dataset
-
     from adaptcommand.evaluation.action_metrics import ActionExtractor
     from adaptcommand.evaluation.cloze import cloze_items, score_items
     from adaptcommand.evaluation.routine_knowledge import message_actions

@@ -18,31 +18,13 @@ import tempfile
 import time
 
 import torch
-from common import demo_dataset, peak_rss_mb, training_examples
+from common import demo_dataset, peak_rss_mb, qwen_shaped, random_examples, training_examples
 
 from adaptcommand.model.adapters import seeded
 from adaptcommand.model.config import load_config
 from adaptcommand.model.modeling import load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_group
-from adaptcommand.model.training import IGNORE, AdapterTrainer, select_examples, train_adapter
-
-
-def qwen_shaped(device, dtype):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         tie_word_embeddings=True, rope_theta=1000000.0)
-    return Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
-
-
-def random_examples(n, seq_len, vocab, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(10, vocab, (seq_len,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [IGNORE] * (seq_len // 3) + ids[seq_len // 3:]})
-    return out
+from adaptcommand.model.training import AdapterTrainer, select_examples, train_adapter
 
 
 def main():
@@ -68,7 +50,8 @@ def main():
         model = qwen_shaped(args.device, dtype)
         cfg["lora"].update(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
         cfg["training"]["batch_size"] = 4
-        train_sets = [random_examples(args.dialogues, args.seq_len, model.config.vocab_size, seed=k) for k in range(args.k)]
+        train_sets = [random_examples(args.dialogues, args.seq_len, model.config.vocab_size, k, args.seq_len // 3)
+                      for k in range(args.k)]
         val_sets = [[] for _ in range(args.k)]
         pad_id = 0
         label = f"Qwen2.5-0.5B-shaped random model on {args.device} ({dtype}), {args.dialogues} sequences of {args.seq_len} tokens per persona"

@@ -62,3 +62,28 @@ def prefill_report(turns, prompt_ids, stats, reference_name):
     return (f"tokens per turn (prompt prefilled + generated): ours {stats.prefilled / n:.0f} + {stats.generated / n:.0f}, "
             f"{reference_name} {sum(map(len, prompt_ids)) / n:.0f} + {stats.generated / n:.0f}, "
             f"floor {sum(longest.values()) / n:.0f} + {stats.generated / n:.0f} (each dialogue once + generated)")
+
+
+def qwen_shaped(device, dtype, **special_tokens):
+    """A randomly initialised model with Qwen2.5-0.5B-Instruct's exact configuration (width 896, 24 layers,
+    vocabulary 151,936, tied embeddings), for where the real weights cannot be fetched."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         tie_word_embeddings=True, rope_theta=1000000.0, **special_tokens)
+    return Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def random_examples(n, seq_len, vocab, seed, supervised_from):
+    """n training examples of random token ids, labels on positions from `supervised_from` on."""
+    import torch
+
+    from adaptcommand.model.training import IGNORE
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(10, vocab, (seq_len,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE] * supervised_from + ids[supervised_from:]})
+    return out

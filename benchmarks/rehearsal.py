@@ -43,9 +43,7 @@ def run_stage(name, command, users, models, logs):
     t0 = time.perf_counter()
     process = subprocess.Popen([sys.executable, *map(str, command)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
+    lines = list(process.stdout)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)

@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +87,19 @@ class Evaluation:
     retriever: object
     store: PredictionStore
 
+    def actions_of(self, index):
+        return self.scorer.dialog_state(self.dialogs, index)[0]
+
+    @cached_property
+    def usual(self):
+        """usual_settings of every persona's train split: computed once, not per group of personas."""
+        return usual_settings(self.dialogs, {p: s["train"] for p, s in self.splits.items()})
+
+    @cached_property
+    def habits(self):
+        """habit_values of every persona's train split, for the cloze's baselines: computed once."""
+        return habit_values(self.dialogs, {p: s["train"] for p, s in self.splits.items()}, self.actions_of)
+
 
 @dataclass
 class Records:
@@ -124,8 +138,7 @@ def evaluate_split(ev, split, arms, turns):
     """{arm: turn records} of these turns; adapter arms' records carry their seed."""
     records = {}
     policies = [a for a in arms if a in POLICY_ARMS]
-    usual = (usual_settings(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()})
-             if set(HABIT_POLICIES) & set(policies) else None)
+    usual = ev.usual if set(HABIT_POLICIES) & set(policies) else None
     for arm in policies:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
                                 ev.scorer.dialog_state(ev.dialogs, t["dialog_index"])[0], usual) for t in turns]
@@ -145,11 +158,7 @@ def evaluate_split(ev, split, arms, turns):
 def evaluate_cloze(ev, indices, arms=None):
     """ClozeResults of every model arm (or of `arms`; every seed) on the stated routine values of the dialogues
     {persona: dialogue indices}."""
-    def actions_of(index):
-        return ev.scorer.dialog_state(ev.dialogs, index)[0]
-
-    items = cloze_items(ev.dialogs, indices, actions_of)
-    habits = habit_values(ev.dialogs, {p: s["train"] for p, s in ev.splits.items()}, actions_of)
+    items = cloze_items(ev.dialogs, indices, ev.actions_of)
     results = []
     for group in ev.groups:
         for arm in [a for a in group.arms if arms is None or a in arms]:
@@ -158,7 +167,7 @@ def evaluate_cloze(ev, indices, arms=None):
                 def adapter_of(persona, arm=arm, seed=seed, group=group):
                     return group.adapters_for(arm, persona).get(seed)
                 results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
-                                       arm, adapter_of, habits, ev.retriever, seed)
+                                       arm, adapter_of, ev.habits, ev.retriever, seed)
     return results
 
 

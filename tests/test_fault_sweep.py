@@ -3,7 +3,6 @@ exit code 1 or 2 with one line naming the file, persona or key; never a tracebac
 
 import csv
 import json
-import os
 
 import pytest
 from conftest import run_script, write_raw

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adaptcommand.model.adapters import lora_config, save_adapter
+from adaptcommand.model.serving import replace_linears
 from adaptcommand.model.training import (
     IGNORE,
     BestEpoch,
@@ -56,13 +57,9 @@ class StackedLoRALinear(nn.Module):
 
 def inject(model, lora_cfg, k):
     """Replace each target linear with a stacked K-adapter layer; returns {module name: layer}."""
-    layers = {}
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child_name in lora_cfg["target_modules"]:
-                layer = StackedLoRALinear(child, k, lora_cfg["r"], lora_cfg["alpha"] / lora_cfg["r"], lora_cfg["dropout"])
-                setattr(module, child_name, layer)
-                layers[f"{name}.{child_name}" if name else child_name] = layer
+    scaling = lora_cfg["alpha"] / lora_cfg["r"]
+    layers = replace_linears(model, lora_cfg["target_modules"],
+                             lambda linear: StackedLoRALinear(linear, k, lora_cfg["r"], scaling, lora_cfg["dropout"]))
     for p in model.parameters():
         p.requires_grad_(False)
     for layer in layers.values():

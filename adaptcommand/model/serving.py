@@ -55,6 +55,19 @@ class ServedLoRALinear(nn.Module):
         return (result + delta * self.scaling[self.index][:, None, None]).to(result.dtype)
 
 
+def replace_linears(model, targets, make):
+    """Put make(linear) in place of every nn.Linear of `model` whose own name is in `targets`; returns
+    {module name: the new layer}. The stacked trainer and the AdapterStore both wrap projections this way."""
+    layers = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child_name in targets:
+                layer = make(child)
+                setattr(module, child_name, layer)
+                layers[f"{name}.{child_name}" if name else child_name] = layer
+    return layers
+
+
 def read_adapter(folder):
     """(adapter_config dict, {key: tensor}) of a PEFT adapter folder; ValueError saying what is wrong."""
     from safetensors import SafetensorError
@@ -137,13 +150,7 @@ class AdapterStore:
 
     def __init__(self, model, targets, rank, slots=2):
         self.model, self.rank = model, rank
-        self.layers = {}
-        for name, module in list(model.named_modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear) and child_name in targets:
-                    layer = ServedLoRALinear(child, slots, rank)
-                    setattr(module, child_name, layer)
-                    self.layers[f"{name}.{child_name}" if name else child_name] = layer
+        self.layers = replace_linears(model, targets, lambda linear: ServedLoRALinear(linear, slots, rank))
         self.slot_of = {BASE: 0}
         model.adapter_store = self
 
