@@ -6,6 +6,7 @@ import torch
 from adaptcommand.evaluation.action_metrics import ActionExtractor
 from adaptcommand.evaluation.cloze import (
     candidate_logprobs,
+    candidate_token_ids,
     cloze_items,
     habit_values,
     item_sequences,
@@ -14,6 +15,7 @@ from adaptcommand.evaluation.cloze import (
 )
 from adaptcommand.evaluation.routine_knowledge import EVERYONE, message_actions
 from adaptcommand.model.config import defaults
+from adaptcommand.model.modeling import embedded_tokenizer
 
 extract = ActionExtractor().extract_actions
 ROUTINE = {"triggers": {"time_of_day": "evening"},
@@ -173,3 +175,16 @@ def test_no_candidate_wins_by_being_a_prefix(tiny_model):
     for a in tails:
         for b in tails:
             assert a is b or a != b[: len(a)], (tokenizer.decode(a), tokenizer.decode(b))
+
+
+def test_candidate_tokens_equal_whole_text_tokens():
+    """The history is tokenized once and the candidates after it: the ids are those of each whole text, also
+    where a candidate would merge with the text before it."""
+    tiny_tokenizer = embedded_tokenizer()
+    messages = [{"role": "system", "content": "You help at home."}, {"role": "user", "content": "Set the heat to"}]
+    prefix = tiny_tokenizer.apply_chat_template(messages, tokenize=False).rsplit("<|im_end|>", 1)[0]
+    endings = [" 21 degrees", "21", "0<|im_end|>", "-5 now", "cool and dim"]
+    whole = [tiny_tokenizer(prefix + e, add_special_tokens=False)["input_ids"] for e in endings]
+    assert candidate_token_ids(tiny_tokenizer, prefix, endings) == whole
+    assert candidate_token_ids(tiny_tokenizer, "no special token here:", endings) == \
+        [tiny_tokenizer("no special token here:" + e, add_special_tokens=False)["input_ids"] for e in endings]
