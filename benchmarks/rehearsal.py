@@ -11,11 +11,12 @@ Qwen2.5-0.5B-Instruct's layout (24 layers, the 7 LoRA projections) but 64 wide
 (modeling.build_layout_model), on the CPU in float32: what a stage costs is then the pipeline's own
 bookkeeping, which is what must stay flat per user as the study grows.
 
-By default the run is shortened so that 200 users can finish on 2 cores in about an hour (the model's
-24 layers are not free even 64 wide): 20 sessions per persona instead of 50 (12 train, 4 val, 4 test),
-each adapter trained on its persona's first 3 train dialogues (training.max_train_sessions), one
-training seed, one epoch, 8 new tokens per reply (a random model never stops early). Every arm, the
-best-on-val replies and the cloze stay. --full keeps 50 sessions and the real configs' seeds, epochs,
+By default the run is shortened so that 200 users can finish on 2 cores in under an hour (the model's
+24 layers and 49,152-word vocabulary are not free even 64 wide): 12 sessions per persona instead of 50
+(8 train, 2 val, 2 test), each adapter trained on its persona's first 3 train dialogues
+(training.max_train_sessions), one training seed, one epoch, 8 new tokens per reply (a random model
+never stops early). Every arm, the best-on-val replies and the cloze stay. What must stay flat is the
+cost per user, which these settings scale by a constant. --full keeps 50 sessions and the real configs' seeds, epochs,
 training data and 128 new tokens. Per stage it prints wall seconds, seconds per user, the stage's peak resident
 memory and the adapters on disk; the table goes to results/rehearsal/<personas>/rehearsal.json too.
 Each stage runs in its own process, alone: nothing else should use the cores meanwhile. Each stage's
@@ -62,11 +63,11 @@ def run_stage(name, command, users, models, logs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--personas", type=int, default=200)
-    parser.add_argument("--sessions", type=int, default=None, help="sessions per persona (default: 20; --full: 50)")
+    parser.add_argument("--sessions", type=int, default=None, help="sessions per persona (default: 12; --full: 50)")
     parser.add_argument("--full", action="store_true", help="the real configs' seeds, epochs and new tokens")
     parser.add_argument("--root", default=None, help="default: data|models|results/rehearsal/<personas>")
     args = parser.parse_args()
-    args.sessions = args.sessions or (50 if args.full else 20)
+    args.sessions = args.sessions or (50 if args.full else 12)
     name = f"rehearsal/{args.personas}" + ("_full" if args.full else "")
     data, models, results = (ROOT / kind / name for kind in ("data", "models", "results"))
     model_dir = ROOT / "models" / "rehearsal" / "layout_qwen2.5-0.5b_w64"
