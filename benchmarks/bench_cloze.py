@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--max_items", type=int, default=60)
     args = parser.parse_args()
     cfg = load_config(args.config, [])
-    model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], "cpu", cfg["model"]["dtype"])
+    model, tokenizer, _ = load_model_and_tokenizer(cfg.model.name, "cpu", cfg.model.dtype)
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=20)
@@ -88,8 +88,8 @@ def main():
     habits = habit_values(dialogs, {p: s["train"] for p, s in splits.items()}, actions_of)
     candidates = sum(len(item.candidates) for item in items)
     print(f"{len(items)} cloze items, {candidates} candidates, {model.config._attn_implementation} attention")
-    ours_s, ours, ours_results = timed_scores(cloze._tail_logprobs, model, tokenizer, dialogs, items, cfg["prompt"], habits)
-    ref_s, ref, ref_results = timed_scores(reference_tail_logprobs, model, tokenizer, dialogs, items, cfg["prompt"],
+    ours_s, ours, ours_results = timed_scores(cloze._tail_logprobs, model, tokenizer, dialogs, items, cfg.prompt, habits)
+    ref_s, ref, ref_results = timed_scores(reference_tail_logprobs, model, tokenizer, dialogs, items, cfg.prompt,
                                            habits)
     same_top1 = sum(a.correct == b.correct for a, b in zip(ours_results, ref_results))
     largest = max(abs(a - b) for mine, theirs in zip(ours, ref) for a, b in zip(mine, theirs))

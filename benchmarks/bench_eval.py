@@ -11,6 +11,7 @@ The adapters are randomly initialised LoRAs of the config's shape (what is timed
 on the weights' values).
 """
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from common import peak_rss_mb, per_persona_arguments, per_persona_turns, prefill_report
 
-from adaptcommand.evaluation.arms import adapter_name
+from adaptcommand.model.arm_registry import ARMS
 from adaptcommand.evaluation.evaluation import build_prompts
 from adaptcommand.model.adapters import attach_adapters, lora_config, save_adapter
 from adaptcommand.model.config import load_config
@@ -29,8 +30,8 @@ from adaptcommand.model.modeling import load_model_and_tokenizer
 def make_adapters(cfg, personas, folder):
     from peft import get_peft_model
 
-    model, _, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
-    lora = lora_config(cfg["lora"])
+    model, _, _ = load_model_and_tokenizer(cfg.model.name, device="cpu")
+    lora = lora_config(cfg.lora)
     lora.init_lora_weights = False  # random A and B: a real, non-zero update
     peft_model = None
     paths = {}
@@ -51,9 +52,9 @@ def earlier_way(cfg, paths, turns, prompts):
     from peft import PeftModel
 
     for persona, folder in paths.items():
-        base, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
+        base, tokenizer, _ = load_model_and_tokenizer(cfg.model.name, device="cpu")
         model = PeftModel.from_pretrained(base, folder).merge_and_unload().eval()
-        kwargs = generation_kwargs(model, tokenizer, cfg["generation"])
+        kwargs = generation_kwargs(model, tokenizer, cfg.generation)
         for prompt, turn in zip(prompts, turns):
             if turn["persona_id"] != persona:
                 continue
@@ -65,17 +66,17 @@ def earlier_way(cfg, paths, turns, prompts):
 def main():
     args = per_persona_arguments(__doc__.split("\n")[0])
     cfg = load_config(args.config)
-    cfg["lora"] = load_config(args.train_config)["lora"]
+    cfg = dataclasses.replace(cfg, lora=load_config(args.train_config).lora)
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, personas, turns = per_persona_turns(tmp, args.personas, args.turns_per_persona)
         paths = make_adapters(cfg, personas, Path(tmp) / "adapters")
-        names = {p: adapter_name("lora_per_user", p) for p in personas}
-        base, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
+        names = {p: ARMS["lora_per_user"].adapter_name(p) for p in personas}
+        base, tokenizer, _ = load_model_and_tokenizer(cfg.model.name, device="cpu")
         model = attach_adapters(base, {names[p]: paths[p] for p in personas})
-        prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
-        print(f"{len(personas)} personas x {args.turns_per_persona} turns, LoRA r={cfg['lora']['r']} on "
-              f"{len(cfg['lora']['target_modules'])} modules, up to {cfg['generation']['max_new_tokens']} new tokens, "
-              f"batch {cfg['generation']['batch_size']}")
+        prompts = build_prompts(tokenizer, dialogs, turns, cfg.prompt)
+        print(f"{len(personas)} personas x {args.turns_per_persona} turns, LoRA r={cfg.lora.r} on "
+              f"{len(cfg.lora.target_modules)} modules, up to {cfg.generation.max_new_tokens} new tokens, "
+              f"batch {cfg.generation.batch_size}")
 
         t = time.perf_counter()
         earlier_way(cfg, paths, turns, prompts)
@@ -85,12 +86,12 @@ def main():
         for p in personas:
             rows = [i for i, turn in enumerate(turns) if turn["persona_id"] == p]
             model.set_adapter(names[p])
-            generate_texts(model, tokenizer, [prompts[i] for i in rows], cfg["generation"], progress=False)
+            generate_texts(model, tokenizer, [prompts[i] for i in rows], cfg.generation, progress=False)
         per_persona_s = time.perf_counter() - t
 
         t = time.perf_counter()
         stats = GenerationStats()
-        generate_texts(model, tokenizer, prompts, cfg["generation"], adapter_names=[names[t["persona_id"]] for t in turns],
+        generate_texts(model, tokenizer, prompts, cfg.generation, adapter_names=[names[t["persona_id"]] for t in turns],
                        progress=False, chain_keys=[t["dialog_index"] for t in turns], stats=stats)
         ours_s = time.perf_counter() - t
         ids = encode_prompts(tokenizer, prompts)

@@ -12,6 +12,7 @@ process peak, so the second figure includes the first).
 """
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
@@ -42,15 +43,15 @@ def main():
     parser.add_argument("--turns", type=int, default=48)
     args = parser.parse_args()
     cfg = load_config(args.config)
-    gen = cfg["generation"]
+    gen = cfg.generation
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp)
     turns = collect_turns(dialogs, split_indices(splits, "test", sorted(splits)), args.turns)
-    model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
-    prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
+    model, tokenizer, _ = load_model_and_tokenizer(cfg.model.name, device="cpu")
+    prompts = build_prompts(tokenizer, dialogs, turns, cfg.prompt)
     print(f"{len(turns)} turns, prompt tokens {sum(map(len, encode_prompts(tokenizer, prompts))) / len(prompts):.0f} "
           f"on average, up to {gen['max_new_tokens']} new tokens, torch threads {torch.get_num_threads()}")
-    one_by_one(model, tokenizer, prompts[:1], {**gen, "max_new_tokens": 2})  # warm-up
+    one_by_one(model, tokenizer, prompts[:1], dataclasses.replace(gen, max_new_tokens=2))  # warm-up
 
     t = time.perf_counter()
     reference = one_by_one(model, tokenizer, prompts, gen)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from common import demo_dataset, qwen_shaped, random_examples
 
-from adaptcommand.model.config import load_config
+from adaptcommand.model.config import LoraSection, load_config, with_values
 
 ROOT = Path(__file__).resolve().parent.parent
 # the real study's size: 200 users, 30 train / 10 val / 10 test dialogues each, three seeds
@@ -79,16 +79,16 @@ def one_by_one(model, cfg, args, device):
     """(a): --steps optimizer steps of one PEFT LoRA adapter at the real config's batch size."""
     from adaptcommand.model.training import AdapterTrainer, train_adapter
 
-    training = {**cfg["training"], "epochs": 1, "seed": 0, "select_by": "last"}
-    examples = random_examples(args.steps * training["batch_size"], args.seq_len, args.vocab, 0, args.seq_len * 2 // 3)
-    trainer = AdapterTrainer(model, None, {**cfg, "training": training}, None)
-    adapter = trainer.fresh_adapter("bench")
+    cfg = with_values(cfg, "training", epochs=1, select_by="last")
+    examples = random_examples(args.steps * cfg.training.batch_size, args.seq_len, args.vocab, 0, args.seq_len * 2 // 3)
+    trainer = AdapterTrainer(model, None, cfg, None)
+    adapter = trainer.fresh_adapter("bench", seed=0)
     dtypes = sorted({str(p.dtype).removeprefix("torch.") + (" (adapter)" if p.requires_grad else " (base)")
                      for p in trainer.peft_model.parameters()})
     reset_peak(device)
     sync(device)
     t0 = time.perf_counter()
-    log = train_adapter(trainer.peft_model, examples, [], training, 0, progress=False)
+    log = train_adapter(trainer.peft_model, examples, [], cfg.training, 0, seed=0, progress=False)
     sync(device)
     seconds = time.perf_counter() - t0
     trainer.release(adapter)
@@ -106,15 +106,14 @@ def stacked(model, cfg, args, device):
 
     rates = {}
     for k in args.k:
-        training = {**cfg["training"], "epochs": 1, "seed": 0, "select_by": "last", "micro_batch_size": args.micro}
+        one_epoch = with_values(cfg, "training", epochs=1, select_by="last", micro_batch_size=args.micro)
         train_sets = [random_examples(args.per_persona, args.seq_len, args.vocab, s, args.seq_len * 2 // 3)
                       for s in range(k)]
         reset_peak(device)
         try:
             sync(device)
             t0 = time.perf_counter()
-            model, _, _ = train_group(model, {**cfg, "training": training}, train_sets, [[] for _ in range(k)], 0,
-                                      progress=False)
+            model, _, _ = train_group(model, one_epoch, train_sets, [[] for _ in range(k)], 0, seed=0, progress=False)
             sync(device)
             rates[k] = k * args.per_persona * args.seq_len / (time.perf_counter() - t0)
             print(f"(b) stacked K={k}, micro-batch {args.micro or 'whole step'}: {rates[k]:.0f} tokens/s, "
@@ -134,7 +133,7 @@ def serving(model, args, device):
     from adaptcommand.model.serving import AdapterStore
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    config = lora_config({"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": targets})
+    config = lora_config(LoraSection(r=16, alpha=32, dropout=0.0, target_modules=targets))
     config.init_lora_weights = False
     folder = Path(args.tmp) / "adapter"
     peft_model = get_peft_model(model, config, adapter_name="x")
@@ -170,17 +169,17 @@ def replies(model, tokenizer, eval_cfg, args, device):
     from adaptcommand.model.prompting import build_turn_messages, render_prompt
 
     dialogs = [{"messages": s["messages"]} for row in generate(8, 20, seed=0)[2] for s in row["sessions"]]
-    prompts = [render_prompt(tokenizer, build_turn_messages(d, t, eval_cfg["prompt"]))
+    prompts = [render_prompt(tokenizer, build_turn_messages(d, t, eval_cfg.prompt))
                for d in dialogs for t, m in enumerate(d["messages"]) if m["role"] == "assistant"][:args.replies]
     stats = GenerationStats()
     sync(device)
     t0 = time.perf_counter()
-    generate_texts(model, tokenizer, prompts, eval_cfg["generation"], progress=False, stats=stats)
+    generate_texts(model, tokenizer, prompts, eval_cfg.generation, progress=False, stats=stats)
     sync(device)
     seconds = time.perf_counter() - t0
-    steps = math.ceil(len(prompts) / eval_cfg["generation"]["batch_size"]) * eval_cfg["generation"]["max_new_tokens"]
-    print(f"(d) {len(prompts)} replies, max {eval_cfg['generation']['max_new_tokens']} new tokens, batch "
-          f"{eval_cfg['generation']['batch_size']}: {len(prompts) / seconds:.1f} turns/s, "
+    steps = math.ceil(len(prompts) / eval_cfg.generation.batch_size) * eval_cfg.generation.max_new_tokens
+    print(f"(d) {len(prompts)} replies, max {eval_cfg.generation.max_new_tokens} new tokens, batch "
+          f"{eval_cfg.generation.batch_size}: {len(prompts) / seconds:.1f} turns/s, "
           f"{seconds / steps * 1000:.1f} ms per decode step (upper bound: steps counted at the maximum)", flush=True)
     return len(prompts) / seconds
 
@@ -197,7 +196,7 @@ def cloze(model, tokenizer, eval_cfg, args):
     items = cloze_items(dialogs, {"p": list(range(len(dialogs)))}, lambda i: message_actions(dialogs[i], extract))
     items = items[:args.items]
     t0 = time.perf_counter()
-    score_items(model, tokenizer, dialogs, items, eval_cfg["prompt"], "baseline", lambda p: None, {})
+    score_items(model, tokenizer, dialogs, items, eval_cfg.prompt, "baseline", lambda p: None, {})
     rate = len(items) / (time.perf_counter() - t0)
     print(f"(e) {len(items)} cloze items: {rate:.2f} items/s", flush=True)
     return rate
@@ -205,17 +204,17 @@ def cloze(model, tokenizer, eval_cfg, args):
 
 def projection(train_cfg, one_rate, stacked_rates, turns_per_s, items_per_s, args):
     """Hours of each training arm, the evaluation and the study at the real size, from the rates above."""
-    t = train_cfg["training"]
+    t = train_cfg.training
     per_user = USERS * TRAIN * args.seq_len * SEEDS
     best_k = max((k for k, r in stacked_rates.items() if r), key=lambda k: stacked_rates[k], default=None)
     stacked_rate = stacked_rates[best_k] if best_k else one_rate
     val = 1 + 1 / 3 / 3  # a val pass over a third as many dialogues, forward only, after each epoch
-    arms = {"lora_all": per_user * (t["unified_epochs"] or t["epochs"]) * val / one_rate,
-            "lora_per_user": per_user * t["epochs"] * val / stacked_rate,
-            "lora_per_user_on_all": per_user * t["epochs"] * val / stacked_rate,
-            "lora_all_on_all": per_user * t["epochs"] * val / one_rate,
-            "prefix_all": per_user * (t["unified_epochs"] or t["epochs"]) * val / one_rate,
-            "prefix_per_user": per_user * t["epochs"] * val / one_rate}
+    arms = {"lora_all": per_user * (t.unified_epochs or t.epochs) * val / one_rate,
+            "lora_per_user": per_user * t.epochs * val / stacked_rate,
+            "lora_per_user_on_all": per_user * t.epochs * val / stacked_rate,
+            "lora_all_on_all": per_user * t.epochs * val / one_rate,
+            "prefix_all": per_user * (t.unified_epochs or t.epochs) * val / one_rate,
+            "prefix_per_user": per_user * t.epochs * val / one_rate}
     model_arms, adapter_arms = 3, 6  # baseline, character, retrieval; six adapter arms of three seeds each
     evaluated = TEST_TURNS * 2 * (model_arms + adapter_arms * SEEDS)  # test and val (best-on-val)
     evaluation = evaluated / turns_per_s + TEST_TURNS * 2 * (model_arms + adapter_arms * SEEDS) / items_per_s / 2.5
@@ -245,7 +244,7 @@ def main():
     train_cfg = load_config(ROOT / "configs/lora_training.json")
     eval_cfg = load_config(ROOT / "configs/lora_eval.json")
     if small:
-        eval_cfg["generation"].update(max_new_tokens=4, batch_size=8)
+        eval_cfg = with_values(eval_cfg, "generation", max_new_tokens=4, batch_size=8)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
@@ -267,7 +266,7 @@ def main():
         best_k = projection(train_cfg, one_rate, stacked_rates, turns_per_s, items_per_s, args)
         print(f"benchmark time: {time.perf_counter() - t0:.0f} s")
     print("settings: " + json.dumps({"training.parallel_personas": best_k, "training.micro_batch_size": args.micro,
-                                     "generation.batch_size": eval_cfg["generation"]["batch_size"]}))
+                                     "generation.batch_size": eval_cfg.generation.batch_size}))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ import time
 import torch
 from common import demo_dataset, peak_rss_mb, qwen_shaped, random_examples, training_examples
 
-from adaptcommand.model.adapters import seeded
-from adaptcommand.model.config import load_config
+from adaptcommand.model.config import load_config, with_values
 from adaptcommand.model.modeling import load_model_and_tokenizer
 from adaptcommand.model.multi_lora import train_group
 from adaptcommand.model.training import AdapterTrainer, select_examples, train_adapter
@@ -41,15 +40,15 @@ def main():
                         help="sequences per forward pass in the batched trainer (default: 1 on CPU, all on a GPU)")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    cfg = seeded(cfg, cfg["training"]["seeds"][0])  # one training run: the first seed
-    cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)
+    seed = cfg.training.seeds[0]  # one training run: the first seed
+    cfg = with_values(cfg, "training", epochs=args.epochs, early_stopping_patience=args.epochs)
     micro = args.micro_batch_size if args.micro_batch_size is not None else (1 if args.device == "cpu" else 0)
-    cfg["training"]["micro_batch_size"] = micro
+    cfg = with_values(cfg, "training", micro_batch_size=micro)
     if args.shape:
         dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
         model = qwen_shaped(args.device, dtype)
-        cfg["lora"].update(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
-        cfg["training"]["batch_size"] = 4
+        cfg.lora.update(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+        cfg = with_values(cfg, "training", batch_size=4)
         train_sets = [random_examples(args.dialogues, args.seq_len, model.config.vocab_size, k, args.seq_len // 3)
                       for k in range(args.k)]
         val_sets = [[] for _ in range(args.k)]
@@ -58,7 +57,7 @@ def main():
     else:
         with tempfile.TemporaryDirectory() as tmp:
             dialogs, splits = demo_dataset(tmp, personas=args.k, sessions=args.sessions)
-        model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device=args.device)
+        model, tokenizer, _ = load_model_and_tokenizer(cfg.model.name, device=args.device)
         examples = training_examples(tokenizer, dialogs, cfg)
         train_sets = [select_examples(examples, s["train"]) for _, s in sorted(splits.items())]
         val_sets = [select_examples(examples, s["val"]) for _, s in sorted(splits.items())]
@@ -69,7 +68,7 @@ def main():
 
     sync()
     t = time.perf_counter()
-    model, _, _ = train_group(model, cfg, train_sets, val_sets, pad_id, progress=False)
+    model, _, _ = train_group(model, cfg, train_sets, val_sets, pad_id, seed, progress=False)
     sync()
     batched_s = time.perf_counter() - t
     batched_rss = peak_rss_mb()
@@ -77,8 +76,8 @@ def main():
     trainer = AdapterTrainer(model, None, cfg, None)
     t = time.perf_counter()
     for k, (train, val) in enumerate(zip(train_sets, val_sets)):
-        adapter = trainer.fresh_adapter(f"b{k}")
-        train_adapter(trainer.peft_model, train, val, cfg["training"], pad_id, progress=False)
+        adapter = trainer.fresh_adapter(f"b{k}", seed)
+        train_adapter(trainer.peft_model, train, val, cfg.training, pad_id, seed, progress=False)
         trainer.release(adapter)
     sync()
     single_s = time.perf_counter() - t

@@ -19,7 +19,7 @@ import time
 import torch
 from common import peak_rss_mb, per_persona_arguments, per_persona_turns, prefill_report
 
-from adaptcommand.evaluation.arms import adapter_name
+from adaptcommand.model.arm_registry import ARMS
 from adaptcommand.evaluation.evaluation import build_prompts
 from adaptcommand.model.adapters import lora_config, prefix_config
 from adaptcommand.model.config import load_config
@@ -40,7 +40,7 @@ def random_adapters(cfg, peft_cfg, names, scale):
     weights' values; `scale` keeps a prefix far enough from zero to change the replies)."""
     from peft import get_peft_model
 
-    model, tokenizer, _ = load_model_and_tokenizer(cfg["model"]["name"], device="cpu")
+    model, tokenizer, _ = load_model_and_tokenizer(cfg.model.name, device="cpu")
     peft_model = None
     for k, name in enumerate(names):
         torch.manual_seed(k)
@@ -63,8 +63,8 @@ def every_prompt_prefilled(model, tokenizer, prompts, names, gen_cfg):
     for name in dict.fromkeys(names):
         model.set_adapter(name)
         mine = sorted((i for i, n in enumerate(names) if n == name), key=lambda i: len(ids[i]))
-        for start in range(0, len(mine), gen_cfg["batch_size"]):
-            batch = mine[start:start + gen_cfg["batch_size"]]
+        for start in range(0, len(mine), gen_cfg.batch_size):
+            batch = mine[start:start + gen_cfg.batch_size]
             tokens, mask = padded_batch(tokenizer, [ids[i] for i in batch], "cpu")
             out = prefix_generate(model, tokens, mask, kwargs)
             stats.prefilled += int(mask.sum())
@@ -78,18 +78,18 @@ def main():
     args = per_persona_arguments(__doc__.split("\n")[0])
     cfg = load_config(args.config)
     train_cfg = load_config(args.train_config)
-    gen_cfg = cfg["generation"]
+    gen_cfg = cfg.generation
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, personas, turns = per_persona_turns(tmp, args.personas, args.turns_per_persona)
     keys = [t["dialog_index"] for t in turns]
 
-    names = {p: adapter_name("prefix_per_user", p) for p in personas}
-    model, tokenizer = random_adapters(cfg, prefix_config(train_cfg["prefix"]), list(names.values()), scale=0.5)
-    prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"])
+    names = {p: ARMS["prefix_per_user"].adapter_name(p) for p in personas}
+    model, tokenizer = random_adapters(cfg, prefix_config(train_cfg.prefix), list(names.values()), scale=0.5)
+    prompts = build_prompts(tokenizer, dialogs, turns, cfg.prompt)
     turn_names = [names[t["persona_id"]] for t in turns]
     print(f"{len(personas)} personas x {args.turns_per_persona} turns, prefix of "
-          f"{train_cfg['prefix']['num_virtual_tokens']} virtual tokens per adapter, up to {gen_cfg['max_new_tokens']} "
-          f"new tokens, batch {gen_cfg['batch_size']}")
+          f"{train_cfg.prefix.num_virtual_tokens} virtual tokens per adapter, up to {gen_cfg.max_new_tokens} "
+          f"new tokens, batch {gen_cfg.batch_size}")
 
     t = time.perf_counter()
     reference, reference_stats = every_prompt_prefilled(model, tokenizer, prompts, turn_names, gen_cfg)
@@ -102,8 +102,8 @@ def main():
     ours_s = time.perf_counter() - t
     del model
 
-    lora_names = {p: adapter_name("lora_per_user", p) for p in personas}
-    lora = lora_config(train_cfg["lora"])
+    lora_names = {p: ARMS["lora_per_user"].adapter_name(p) for p in personas}
+    lora = lora_config(train_cfg.lora)
     lora.init_lora_weights = False  # random A and B: a real, non-zero update
     lora_model, _ = random_adapters(cfg, lora, list(lora_names.values()), scale=None)
     t = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from adaptcommand.model.adapters import attach_adapters, lora_config, save_adapter
+from adaptcommand.model.config import LoraSection
 from adaptcommand.model.modeling import build_layout_model, load_model_and_tokenizer
 from adaptcommand.model.serving import AdapterStore
 
@@ -33,7 +34,7 @@ def adapter_folders(model_dir, root, count, device):
 
     model, _, _ = load_model_and_tokenizer(str(model_dir), device=device)
     torch.manual_seed(0)
-    config = lora_config({"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS})
+    config = lora_config(LoraSection(r=16, alpha=32, dropout=0.0, target_modules=TARGETS))
     config.init_lora_weights = False
     first = root / "adapter_0"
     save_adapter(get_peft_model(model, config, adapter_name="x"), "x", first, {"note": "random"})

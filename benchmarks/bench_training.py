@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from common import demo_dataset, peak_rss_mb, training_examples
 
-from adaptcommand.model.adapters import AdapterJob, lora_config, seeded
-from adaptcommand.model.config import load_config
+from adaptcommand.model.adapters import AdapterJob, lora_config
+from adaptcommand.model.config import load_config, with_values
 from adaptcommand.model.modeling import load_model_and_tokenizer
 from adaptcommand.model.prompting import build_turn_messages
 from adaptcommand.model.training import IGNORE, AdapterTrainer, collate, mean_loss, select_examples
@@ -36,37 +36,37 @@ def per_turn_examples(tokenizer, dialogs, indices, cfg):
         for t, message in enumerate(dialog["messages"]):
             if message["role"] != "assistant":
                 continue
-            prompt_messages = build_turn_messages(dialog, t, cfg["prompt"])
+            prompt_messages = build_turn_messages(dialog, t, cfg.prompt)
             prompt = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
             full = tokenizer.apply_chat_template(prompt_messages + [{"role": "assistant", "content": message["text"]}],
                                                  tokenize=False)
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = tokenizer(full, add_special_tokens=False)["input_ids"][: cfg["training"]["max_seq_length"]]
+            ids = tokenizer(full, add_special_tokens=False)["input_ids"][: cfg.training.max_seq_length]
             examples.append({"input_ids": ids, "labels": [IGNORE] * len(p_ids) + ids[len(p_ids):]})
     return examples
 
 
-def guide_recipe(model_name, persona_jobs, dialogs, cfg, out_dir):
+def guide_recipe(model_name, persona_jobs, dialogs, cfg, seed, out_dir):
     """Per persona: load the base model, wrap it in a LoRA, train with transformers.Trainer."""
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    tc = cfg["training"]
+    tc = cfg.training
     adapters = {}
     for persona, train_ix, _ in persona_jobs:
         model, tokenizer, _ = load_model_and_tokenizer(model_name, device="cpu")
-        torch.manual_seed(tc["seed"])
-        peft_model = get_peft_model(model, lora_config(cfg["lora"]))
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, lora_config(cfg.lora))
         pad = tokenizer.pad_token_id
 
         def collator(batch, pad=pad):
             input_ids, attention, labels = collate(batch, pad)
             return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
-        args = TrainingArguments(output_dir=f"{out_dir}/{persona}", per_device_train_batch_size=tc["batch_size"],
-                                 num_train_epochs=tc["epochs"], learning_rate=tc["learning_rate"],
-                                 weight_decay=tc["weight_decay"], warmup_steps=float(tc["warmup_ratio"]),
-                                 max_grad_norm=tc["max_grad_norm"], lr_scheduler_type="linear", seed=tc["seed"],
+        args = TrainingArguments(output_dir=f"{out_dir}/{persona}", per_device_train_batch_size=tc.batch_size,
+                                 num_train_epochs=tc.epochs, learning_rate=tc.learning_rate,
+                                 weight_decay=tc.weight_decay, warmup_steps=float(tc.warmup_ratio),
+                                 max_grad_norm=tc.max_grad_norm, lr_scheduler_type="linear", seed=seed,
                                  save_strategy="no", report_to=[], logging_steps=50, use_cpu=True,
                                  disable_tqdm=True, remove_unused_columns=False)
         Trainer(model=peft_model, args=args, data_collator=collator,
@@ -88,15 +88,15 @@ def main():
                         help="the guide's batch of turn examples; ours batches whole dialogues (~5 turns each)")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    cfg = seeded(cfg, cfg["training"]["seeds"][0])  # one training run: the first seed
-    cfg["training"].update(epochs=args.epochs, early_stopping_patience=args.epochs)  # same epochs on both sides
-    guide = {**cfg, "training": {**cfg["training"], "batch_size": args.guide_batch_size}}
+    seed = cfg.training.seeds[0]  # one training run: the first seed
+    cfg = with_values(cfg, "training", epochs=args.epochs, early_stopping_patience=args.epochs)  # same epochs on both sides
+    guide = with_values(cfg, "training", batch_size=args.guide_batch_size)
     ours_epochs = args.ours_epochs or args.epochs
-    cfg["training"].update(epochs=ours_epochs, early_stopping_patience=ours_epochs)
+    cfg = with_values(cfg, "training", epochs=ours_epochs, early_stopping_patience=ours_epochs)
     with tempfile.TemporaryDirectory() as tmp:
         dialogs, splits = demo_dataset(tmp, personas=args.personas, sessions=args.sessions)
     jobs = [(p, s["train"], s["val"]) for p, s in sorted(splits.items())]
-    model_name = cfg["model"]["name"]
+    model_name = cfg.model.name
     load_model_and_tokenizer(model_name, device="cpu")  # build the base cache outside both timings
 
     with tempfile.TemporaryDirectory() as out:
@@ -106,13 +106,13 @@ def main():
         trainer = AdapterTrainer(model, tokenizer, cfg, examples)
         ours_val = {}
         for persona, train_ix, val_ix in jobs:
-            log = trainer.train(AdapterJob(persona, train_ix, val_ix, 0, Path(f"{out}/ours/{persona}")), {})
+            log = trainer.train(AdapterJob(persona, train_ix, val_ix, seed, Path(f"{out}/ours/{persona}")), {})
             ours_val[persona] = log["best_val_loss"]  # mean_loss on the same val examples, inside train_adapter
         ours_s = time.perf_counter() - t
         ours_rss = peak_rss_mb()
 
         t = time.perf_counter()
-        reference = guide_recipe(model_name, jobs, dialogs, guide, f"{out}/reference")
+        reference = guide_recipe(model_name, jobs, dialogs, guide, seed, f"{out}/reference")
         ref_s = time.perf_counter() - t
         ref_rss = peak_rss_mb()
     ref_val = {}
@@ -122,7 +122,7 @@ def main():
 
     n_train = sum(len(j[1]) for j in jobs)
     print(f"{len(jobs)} personas, {n_train} train dialogues, epochs: ours {ours_epochs}, guide {args.epochs}, model {model_name}, "
-          f"batch: ours {cfg['training']['batch_size']} dialogue(s), guide {args.guide_batch_size} turns")
+          f"batch: ours {cfg.training.batch_size} dialogue(s), guide {args.guide_batch_size} turns")
     for persona, _, _ in jobs:
         print(f"  {persona}: val loss ours {ours_val[persona]:.4f}, reference {ref_val[persona]:.4f}")
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731

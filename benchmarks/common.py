@@ -43,7 +43,7 @@ def training_examples(tokenizer, dialogs, cfg):
     """Every dialogue's training example (row i = dialogue i), as adaptcommand/model/training.tokenized_dialogs builds them."""
     from datasets import Dataset
 
-    return Dataset.from_list([dialog_example(tokenizer, d, cfg["prompt"], cfg["training"]["max_seq_length"])
+    return Dataset.from_list([dialog_example(tokenizer, d, cfg.prompt, cfg.training.max_seq_length)
                               for d in dialogs])
 
 

@@ -89,8 +89,8 @@ def main():
     costs = read_table(out, "training_costs.csv", required=False)  # older evaluations did not write it
     memorization = read_table(out, "memorization.csv", required=False)
     curve = parse_curve(args.curve)
-    dialogs = load_dialogs(cfg["data"]["dialogs"])
-    splits = load_splits(cfg["data"]["splits"], dialogs)
+    dialogs = load_dialogs(cfg.data.dialogs)
+    splits = load_splits(cfg.data.splits, dialogs)
     traits = persona_traits(dialogs, splits)
     traits = traits[traits["persona_id"].isin(frame["persona_id"])]
     metric = summary["primary_metric"]

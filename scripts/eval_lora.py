@@ -61,17 +61,20 @@ from adaptcommand.evaluation.tables import (
     with_deltas,
 )
 from adaptcommand.model.adapters import arm_folder, first_sessions
-from adaptcommand.model.config import (
-    ADAPTER_ARMS,
-    COMPARATOR_ARM,
-    POLICY_ARMS,
-    add_config_arguments,
+from adaptcommand.model.arm_registry import (
+    ARMS,
+    BASELINE,
+    COMPARATOR,
+    PER_USER_LORA,
+    REFERENCES,
+    UNIFIED,
     arm_prompt,
-    load_config,
+    comparator_pairs,
+    is_policy,
 )
+from adaptcommand.model.config import Config, add_config_arguments, load_config
 from adaptcommand.model.modeling import device_name, distributed_state, gather_rows, load_embedder, pick_device
 
-REFERENCE_ARMS = ("baseline", "lora_all", "retrieval")
 SECONDARY_METRICS = ("routine_f1", "cloze_top1", "param_f1", "param_private_f1", "embedding_similarity")
 PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "retrieval")
 
@@ -79,7 +82,7 @@ PROMPT_KEYS = ("system_template", "max_context_messages", "include_character", "
 @dataclass
 class Evaluation:
     """What every split's evaluation needs: config, data, the loaded models and the scorer."""
-    cfg: dict
+    cfg: Config
     dialogs: list
     splits: dict
     groups: list
@@ -126,7 +129,7 @@ class Stopwatch:
     """Seconds per named stage, added up over the groups of personas."""
 
     def __init__(self, start):
-        self.stages, self.clock = {}, start
+        self.stages, self.start, self.clock = {}, start, start
 
     def lap(self, name):
         now = time.perf_counter()
@@ -137,7 +140,7 @@ class Stopwatch:
 def evaluate_split(ev, split, arms, turns):
     """{arm: turn records} of these turns; adapter arms' records carry their seed."""
     records = {}
-    policies = [a for a in arms if a in POLICY_ARMS]
+    policies = [a for a in arms if is_policy(a)]
     usual = ev.usual if set(HABIT_POLICIES) & set(policies) else None
     for arm in policies:
         replies = [policy_reply(arm, ev.dialogs[t["dialog_index"]], t["turn_index"],
@@ -166,7 +169,7 @@ def evaluate_cloze(ev, indices, arms=None):
             for seed in sorted(seeds, key=lambda s: -1 if s is None else s):
                 def adapter_of(persona, arm=arm, seed=seed, group=group):
                     return group.adapters_for(arm, persona).get(seed)
-                results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg["prompt"]),
+                results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg.prompt),
                                        arm, adapter_of, ev.habits, ev.retriever, seed)
     return results
 
@@ -177,6 +180,11 @@ def routine_train_sessions(dialogs, train, sessions):
     return [i for i in first_sessions(train) if dialogs[i].get("applied_routines")][-sessions:]
 
 
+def memorized_arms(arms):
+    """The arms the memorisation check runs on train sessions: the baseline and every adapter arm."""
+    return [a for a in arms if a == BASELINE.name or ARMS[a].has_adapters]
+
+
 def persona_groups(personas, size):
     return [personas[start:start + size] for start in range(0, len(personas), size)]
 
@@ -185,14 +193,14 @@ def evaluate_personas(ev, arms, personas, max_examples, watch):
     """Records of every split and check the config asks for, evaluation.persona_group personas at a time: each
     group's adapters are put on the models (ModelGroup.serve), then its test, val, cloze and train turns run."""
     cfg = ev.cfg
-    model_arms = [a for a in arms if a not in POLICY_ARMS]  # best_on_val never picks a reference reply
-    memorized = [a for a in arms if a == "baseline" or a in ADAPTER_ARMS]
-    sessions = cfg["evaluation"]["train_sessions"]
-    splits = ["test"] + (["val"] if cfg["arms"]["best_on_val"] and len(model_arms) > 1 else [])
+    model_arms = [a for a in arms if not is_policy(a)]  # best_on_val never picks a reference reply
+    memorized = memorized_arms(arms)
+    sessions = cfg.evaluation.train_sessions
+    splits = ["test"] + (["val"] if cfg.arms.best_on_val and len(model_arms) > 1 else [])
     turns = {split: collect_turns(ev.dialogs, split_indices(ev.splits, split, personas), max_examples) for split in splits}
     out = Records()
-    for group in tqdm(persona_groups(personas, cfg["evaluation"]["persona_group"]), desc="persona groups",
-                      unit="group", disable=len(personas) <= cfg["evaluation"]["persona_group"]):
+    for group in tqdm(persona_groups(personas, cfg.evaluation.persona_group), desc="persona groups",
+                      unit="group", disable=len(personas) <= cfg.evaluation.persona_group):
         here = set(group)
         for model_group in ev.groups:
             out.unusable.update(model_group.serve(group))
@@ -202,13 +210,13 @@ def evaluate_personas(ev, arms, personas, max_examples, watch):
                                      [t for t in turns[split] if t["persona_id"] in here])
             out.add(Records(**{split: records}))
             watch.lap(f"replies and scores, {split}")
-        if cfg["evaluation"]["cloze"]:
+        if cfg.evaluation.cloze:
             out.cloze += evaluate_cloze(ev, split_indices(ev.splits, "test", group))
             watch.lap("cloze")
         if sessions and memorized:
             indices = {p: routine_train_sessions(ev.dialogs, ev.splits[p]["train"], sessions) for p in group}
             out.add(Records(train=evaluate_split(ev, "train", memorized, collect_turns(ev.dialogs, indices)),
-                            train_cloze=evaluate_cloze(ev, indices, memorized) if cfg["evaluation"]["cloze"] else []))
+                            train_cloze=evaluate_cloze(ev, indices, memorized) if cfg.evaluation.cloze else []))
             watch.lap("memorization (train sessions)")
     return out
 
@@ -217,7 +225,7 @@ def memorization_rows(arms, records):
     """Routine F1 and cloze top-1 (macro over personas, seeds averaged) of the adapter arms and baseline on each
     persona's last routine-driven train dialogues, beside the same on test: one row per (arm, split), with how
     many personas, turns and cloze items each mean stands on."""
-    arms = [a for a in arms if a == "baseline" or a in ADAPTER_ARMS]
+    arms = memorized_arms(arms)
     if not any(records.train.get(a) for a in arms):
         return []
     rows = []
@@ -234,19 +242,9 @@ def memorization_rows(arms, records):
     return rows
 
 
-def comparator_pairs(arms):
-    """The comparator's own family (design.md, Decision rules, "More training is not memory"): per-user-on-unified
-    against the unified adapter trained as much further on everyone's dialogues (per-user memory), and that
-    adapter against the unified one (what more training alone gives). Empty without the comparator."""
-    if COMPARATOR_ARM not in arms:
-        return []
-    return [(arm, ref) for arm, ref in (("lora_per_user_on_all", COMPARATOR_ARM), (COMPARATOR_ARM, "lora_all"))
-            if arm in arms and ref in arms]
-
-
 def prompt_mismatches(cfg, availability):
     """Warnings for adapters trained with other prompt settings than this evaluation's."""
-    wanted = {k: cfg["prompt"][k] for k in PROMPT_KEYS}
+    wanted = {k: getattr(cfg.prompt, k) for k in PROMPT_KEYS}
     differing = {}
     for found in availability.values():
         for folder in {f for by_seed in found.found.values() for f in by_seed.values()}:  # lora_all: one folder
@@ -261,6 +259,147 @@ def prompt_mismatches(cfg, availability):
             for (key, value), folders in differing.items()]
 
 
+@dataclass
+class Plan:
+    """Who and what an evaluation covers: the config, data, personas (this process's share: mine), the arms that
+    have something to evaluate and every adapter arm's adapters."""
+    cfg: Config
+    dialogs: list
+    splits: dict
+    personas: list
+    mine: list
+    arms: list
+    availability: dict
+    state: object  # accelerate's PartialState when several processes share the personas, else None
+    max_examples: int = None
+
+
+def plan_evaluation(args):
+    cfg = load_config(args.config, args.set)
+    dialogs = load_dialogs(cfg.data.dialogs)
+    splits = load_splits(cfg.data.splits, dialogs)
+    personas = choose_personas(splits, args.personas, args.max_personas)
+    state = distributed_state()
+    availability = find_adapters(cfg, cfg.arms.names, personas)
+    if state is None or state.is_main_process:
+        for arm, found in availability.items():
+            if found.missing:
+                print(f"warning: {arm}: no adapter for {len(found.missing)} of {len(personas)} personas "
+                      f"({', '.join(found.missing[:5])}{', ...' if len(found.missing) > 5 else ''}); evaluated on the others")
+        for line in prompt_mismatches(cfg, availability):
+            print(line)
+    arms = [a for a in cfg.arms.names if not ARMS[a].has_adapters or availability[a].found]
+    mine = personas
+    if state is not None:
+        with state.split_between_processes(personas) as shard:
+            mine = list(shard)
+        print(f"process {state.process_index}/{state.num_processes}: {len(mine)} persona(s)")
+    max_examples = args.max_examples if args.max_examples is not None else cfg.evaluation.max_examples
+    return Plan(cfg, dialogs, splits, personas, mine, arms, availability, state, max_examples)
+
+
+def load_evaluation(plan, output_dir, fresh):
+    """The Evaluation of a plan: the embedder, the retriever if an arm retrieves, the models and the reply store."""
+    cfg = plan.cfg
+    embedder = load_embedder(cfg.evaluation.embedding_model)
+    retriever = (make_retriever(embedder, plan.dialogs, plan.splits, cfg.prompt.retrieved_history)
+                 if any(arm_prompt(a, cfg.prompt).retrieval for a in plan.arms) else None)
+    groups = load_model_groups(cfg, plan.arms, plan.availability, plan.mine)
+    store = PredictionStore.open(output_dir, fresh, plan.state.process_index if plan.state is not None else None)
+    return Evaluation(cfg, plan.dialogs, plan.splits, groups, TurnScorer(embedder), retriever, store)
+
+
+def gathered_records(plan, records):
+    """Every process's records in the main process (None in the others), with the adapters any process found
+    unusable set aside."""
+    gathered = gather_rows(plan.state, [records])
+    if gathered is None:
+        return None
+    records = Records()
+    for part in gathered:
+        records.add(part)
+    set_aside(plan.availability, records.unusable)
+    return records
+
+
+@dataclass
+class Summary:
+    """What the records say: the tables, comparisons and costs the outputs are written from."""
+    test: dict
+    choice: dict
+    n_turns: int
+    seeds: object
+    frame: object
+    table: object
+    compared: object
+    markdown: str
+    costs: list
+    memorization: list
+    unusable: dict
+
+
+def summarize(plan, records):
+    cfg, metric = plan.cfg, plan.cfg.arms.primary_metric
+    unusable = {arm: found.unusable for arm, found in plan.availability.items() if found.unusable}
+    for arm, folders in unusable.items():
+        for folder, reason in folders.items():
+            print(f"warning: {arm}: unusable adapter {folder}: {reason}")
+    memorization = memorization_rows(plan.arms, records) if cfg.evaluation.train_sessions else []
+    if cfg.evaluation.train_sessions and not memorization:
+        print("memorization check skipped: no baseline or adapter arm to evaluate on train sessions")
+    test = {arm: records.test[arm] for arm in plan.arms if arm in records.test}
+    choice = {}
+    if records.val:
+        choice, test["best_on_val"] = best_on_val(records.val, test, metric, [a for a in plan.arms if not is_policy(a)])
+    n_turns = len({(r["dialog_index"], r["turn_index"]) for rows in test.values() for r in rows})
+    seeds = seed_frame(test, records.cloze)
+    frame = persona_frame(seeds)
+    table = arm_table(frame, seeds, metric, cfg.arms.n_bootstrap)
+    families = [(comparison_pairs([a for a in test if not is_policy(a) and a != COMPARATOR.name], REFERENCES),
+                 SECONDARY_METRICS),
+                (comparator_pairs(test), SECONDARY_METRICS),
+                ([("user_usual", "everyone_usual")] if {"user_usual", "everyone_usual"} <= set(test) else [], ())]
+    compared = pd.concat([comparisons(seeds, pairs, metric, secondary, cfg.arms.n_bootstrap, cfg.arms.min_personas)
+                          for pairs, secondary in families])
+    return Summary(test, choice, n_turns, seeds, frame, table, compared, markdown_tables(table, compared, metric),
+                   training_costs(plan.availability), memorization, unusable)
+
+
+def write_outputs(plan, records, summary, args, watch):
+    """Every table, plot and summary file under --output_dir; the plots' paths."""
+    cfg, out, metric = plan.cfg, Path(args.output_dir), plan.cfg.arms.primary_metric
+    write_json(out / "arm_metrics.json", {
+        "config_file": cfg.source, "config_overrides": args.set, "split": "test", "primary_metric": metric,
+        "turns": summary.n_turns,
+        "arms": json.loads(summary.table.to_json(orient="index")),
+        "comparisons": csv_rows(summary.compared),
+        "best_on_val_choice": summary.choice,
+        "missing_adapters": {arm: found.missing for arm, found in plan.availability.items() if found.missing},
+        "unusable_adapters": summary.unusable,
+        "seeds": {arm: found.seeds() for arm, found in plan.availability.items()},
+        "adapter_folders": {arm: str(arm_folder(cfg.adapters, arm, "<persona_id>", "<seed>")) for arm in plan.availability},
+        "processes": plan.state.num_processes if plan.state else 1, "seconds": time.perf_counter() - watch.start,
+        "stage_seconds": watch.stages,
+        "device": device_name(cfg.model.device if cfg.model.device != "auto" else pick_device())})
+    write_csv(out / "per_persona.csv", csv_rows(with_deltas(summary.frame, REFERENCES, [metric, *SECONDARY_METRICS])))
+    write_csv(out / "per_persona_seed.csv", csv_rows(summary.seeds))
+    write_csv(out / "comparison.csv", csv_rows(summary.compared))
+    write_csv(out / "training_costs.csv", csv_rows(summary.costs))
+    if summary.memorization:
+        write_csv(out / "memorization.csv", summary.memorization)
+    if records.cloze:
+        write_csv(out / "cloze_items.csv", [asdict(c) for c in records.cloze])
+    write_csv(out / "arm_metrics_pooled.csv", csv_rows(pooled_table(summary.test).reset_index()))
+    if records.val:
+        write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(records.val).reset_index()))
+    write_text_atomic(out / "comparison.md", summary.markdown)
+    plots = [delta_histograms(summary.frame, metric, out / "delta_histograms.png"),
+             arm_comparison(summary.seeds, SECONDARY_METRICS, out / "arm_comparison.png", cfg.arms.n_bootstrap)]
+    if UNIFIED.name in summary.table.index and set(PER_USER_LORA) & set(summary.table.index):
+        plots.append(per_user_vs_unified(summary.seeds, metric, out / "per_user_vs_unified.png"))
+    return plots
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
@@ -272,121 +411,32 @@ def main():
     parser.add_argument("--fresh", action="store_true",
                         help="ignore the replies already in <output_dir>/predictions*.jsonl and generate them all again")
     args = parser.parse_args()
-    t0 = time.perf_counter()
+    watch = Stopwatch(time.perf_counter())
 
-    # ---- load
-    cfg = load_config(args.config, args.set)
-    dialogs = load_dialogs(cfg["data"]["dialogs"])
-    splits = load_splits(cfg["data"]["splits"], dialogs)
-    personas = choose_personas(splits, args.personas, args.max_personas)
-    max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
-    metric = cfg["arms"]["primary_metric"]
-    state = distributed_state()
-    main_process = state is None or state.is_main_process
-    availability = find_adapters(cfg, cfg["arms"]["names"], personas)
-    if main_process:
-        for arm, found in availability.items():
-            if found.missing:
-                print(f"warning: {arm}: no adapter for {len(found.missing)} of {len(personas)} personas "
-                      f"({', '.join(found.missing[:5])}{', ...' if len(found.missing) > 5 else ''}); evaluated on the others")
-        for line in prompt_mismatches(cfg, availability):
-            print(line)
-    arms = [a for a in cfg["arms"]["names"] if a not in ADAPTER_ARMS or availability[a].found]
-    mine = personas
-    if state is not None:
-        with state.split_between_processes(personas) as shard:
-            mine = list(shard)
-        print(f"process {state.process_index}/{state.num_processes}: {len(mine)} persona(s)")
-    embedder = load_embedder(cfg["evaluation"]["embedding_model"])
-    retriever = (make_retriever(embedder, dialogs, splits, cfg["prompt"]["retrieved_history"])
-                 if any(arm_prompt(a, cfg["prompt"])["retrieval"] for a in arms) else None)
-    groups = load_model_groups(cfg, arms, availability, mine)
-    store = PredictionStore.open(args.output_dir, args.fresh, state.process_index if state is not None else None)
-    ev = Evaluation(cfg, dialogs, splits, groups, TurnScorer(embedder), retriever, store)
-
-    # ---- evaluate
-    watch = Stopwatch(t0)
+    plan = plan_evaluation(args)
+    ev = load_evaluation(plan, args.output_dir, args.fresh)
     watch.lap("load data and models")
-    records = evaluate_personas(ev, arms, mine, max_examples, watch)
-    print(store.summary())
-    gathered = gather_rows(state, [records])
-    if gathered is None:
+
+    records = evaluate_personas(ev, plan.arms, plan.mine, plan.max_examples, watch)
+    print(ev.store.summary())
+    records = gathered_records(plan, records)
+    if records is None:
         return 0
-    records = Records()
-    for part in gathered:
-        records.add(part)
-    set_aside(availability, records.unusable)
-    unusable = {arm: found.unusable for arm, found in availability.items() if found.unusable}
-    for arm, folders in unusable.items():
-        for folder, reason in folders.items():
-            print(f"warning: {arm}: unusable adapter {folder}: {reason}")
-    memorization = []
-    if cfg["evaluation"]["train_sessions"]:
-        memorization = memorization_rows(arms, records)
-        if not memorization:
-            print("memorization check skipped: no baseline or adapter arm to evaluate on train sessions")
-    test, val, cloze = {arm: records.test[arm] for arm in arms if arm in records.test}, records.val, records.cloze
-    model_arms = [a for a in arms if a not in POLICY_ARMS]
 
-    # ---- summarize
-    choice = {}
-    if val:
-        choice, test["best_on_val"] = best_on_val(val, test, metric, model_arms)
-    n_turns = len({(r["dialog_index"], r["turn_index"]) for records in test.values() for r in records})
-    seeds = seed_frame(test, cloze)
-    frame = persona_frame(seeds)
-    table = arm_table(frame, seeds, metric, cfg["arms"]["n_bootstrap"])
-    families = [(comparison_pairs([a for a in test if a not in POLICY_ARMS + (COMPARATOR_ARM,)], REFERENCE_ARMS),
-                 SECONDARY_METRICS),
-                (comparator_pairs(test), SECONDARY_METRICS),
-                ([("user_usual", "everyone_usual")] if {"user_usual", "everyone_usual"} <= set(test) else [], ())]
-    compared = pd.concat([comparisons(seeds, pairs, metric, secondary, cfg["arms"]["n_bootstrap"],
-                                      cfg["arms"]["min_personas"]) for pairs, secondary in families])
-    markdown = markdown_tables(table, compared, metric)
-    costs = training_costs(availability)
+    summary = summarize(plan, records)
     watch.lap("statistics")
-
-    # ---- write
-    out = Path(args.output_dir)
-    write_json(out / "arm_metrics.json", {
-        "config_file": cfg["_source"], "config_overrides": args.set, "split": "test", "primary_metric": metric,
-        "turns": n_turns,
-        "arms": json.loads(table.to_json(orient="index")),
-        "comparisons": csv_rows(compared),
-        "best_on_val_choice": choice,
-        "missing_adapters": {arm: found.missing for arm, found in availability.items() if found.missing},
-        "unusable_adapters": unusable,
-        "seeds": {arm: found.seeds() for arm, found in availability.items()},
-        "adapter_folders": {arm: str(arm_folder(cfg["adapters"], arm, "<persona_id>", "<seed>")) for arm in availability},
-        "processes": state.num_processes if state else 1, "seconds": time.perf_counter() - t0,
-        "stage_seconds": watch.stages, "device": device_name(cfg["model"]["device"] if cfg["model"]["device"] != "auto"
-                                                       else pick_device())})
-    write_csv(out / "per_persona.csv", csv_rows(with_deltas(frame, REFERENCE_ARMS, [metric, *SECONDARY_METRICS])))
-    write_csv(out / "per_persona_seed.csv", csv_rows(seeds))
-    write_csv(out / "comparison.csv", csv_rows(compared))
-    write_csv(out / "training_costs.csv", csv_rows(costs))
-    if memorization:
-        write_csv(out / "memorization.csv", memorization)
-    if cloze:
-        write_csv(out / "cloze_items.csv", [asdict(c) for c in cloze])
-    write_csv(out / "arm_metrics_pooled.csv", csv_rows(pooled_table(test).reset_index()))
-    if val:
-        write_csv(out / "val_arm_metrics_pooled.csv", csv_rows(pooled_table(val).reset_index()))
-    write_text_atomic(out / "comparison.md", markdown)
-    plots = [delta_histograms(frame, metric, out / "delta_histograms.png"),
-             arm_comparison(seeds, SECONDARY_METRICS, out / "arm_comparison.png", cfg["arms"]["n_bootstrap"])]
-    if "lora_all" in table.index and {"lora_per_user", "lora_per_user_on_all"} & set(table.index):
-        plots.append(per_user_vs_unified(seeds, metric, out / "per_user_vs_unified.png"))
+    plots = write_outputs(plan, records, summary, args, watch)
     print()
-    print(markdown)
-    print(f"{n_turns} test turns, {frame['persona_id'].nunique()} personas, "
-          f"{time.perf_counter() - t0:.0f} s; wrote {out}/arm_metrics.json, per_persona.csv, per_persona_seed.csv, "
-          f"comparison.csv, comparison.md, arm_metrics_pooled.csv" + (", cloze_items.csv" if cloze else ""))
+    print(summary.markdown)
+    print(f"{summary.n_turns} test turns, {summary.frame['persona_id'].nunique()} personas, "
+          f"{time.perf_counter() - watch.start:.0f} s; wrote {args.output_dir}/arm_metrics.json, per_persona.csv, "
+          f"per_persona_seed.csv, comparison.csv, comparison.md, arm_metrics_pooled.csv"
+          + (", cloze_items.csv" if records.cloze else ""))
     print("plots: " + ", ".join(str(p) for p in plots))
     watch.lap("outputs and plots")
     print("\ntime breakdown (training from the adapters' train logs; the model's forward+backward rate is the floor):")
-    print(time_breakdown(costs, watch.stages))
-    empty = [arm for arm in cfg["arms"]["names"] if arm in ADAPTER_ARMS and arm not in test]
+    print(time_breakdown(summary.costs, watch.stages))
+    empty = [arm for arm in plan.cfg.arms.names if ARMS[arm].has_adapters and arm not in summary.test]
     if empty:
         print(f"error: no usable adapter at all for {', '.join(empty)} (see the warnings above)", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from adaptcommand.evaluation.evaluation import (
     summary_rows,
 )
 from adaptcommand.evaluation.predictions import PredictionStore, generate_or_reuse
-from adaptcommand.model.config import add_config_arguments, load_config
+from adaptcommand.model.config import add_config_arguments, as_dict, load_config
 from adaptcommand.model.modeling import load_embedder, load_model_and_tokenizer
 
 
@@ -41,26 +41,26 @@ def main():
                         help="ignore the replies already in <output_dir>/predictions.jsonl and generate them all again")
     args = parser.parse_args()
     cfg = load_config(args.config, args.set)
-    max_examples = args.max_examples if args.max_examples is not None else cfg["evaluation"]["max_examples"]
+    max_examples = args.max_examples if args.max_examples is not None else cfg.evaluation.max_examples
     timings, t0 = {}, time.perf_counter()
 
-    dialogs = load_dialogs(cfg["data"]["dialogs"])
-    splits = load_splits(cfg["data"]["splits"], dialogs)
-    indices = split_indices(splits, cfg["data"]["split"], choose_personas(splits, args.personas))
+    dialogs = load_dialogs(cfg.data.dialogs)
+    splits = load_splits(cfg.data.splits, dialogs)
+    indices = split_indices(splits, cfg.data.split, choose_personas(splits, args.personas))
     turns = collect_turns(dialogs, indices, max_examples)
-    print(f"{len(turns)} assistant turns from {len({t['dialog_index'] for t in turns})} {cfg['data']['split']} dialogues")
+    print(f"{len(turns)} assistant turns from {len({t['dialog_index'] for t in turns})} {cfg.data.split} dialogues")
 
-    model, tokenizer, model_path = load_model_and_tokenizer(cfg["model"]["name"], cfg["model"]["device"], cfg["model"]["dtype"])
-    embedder = load_embedder(cfg["evaluation"]["embedding_model"])
+    model, tokenizer, model_path = load_model_and_tokenizer(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    embedder = load_embedder(cfg.evaluation.embedding_model)
     timings["load_s"] = time.perf_counter() - t0
 
-    retriever = make_retriever(embedder, dialogs, splits, cfg["prompt"]["retrieved_history"])
-    prompts = build_prompts(tokenizer, dialogs, turns, cfg["prompt"], retriever)
+    retriever = make_retriever(embedder, dialogs, splits, cfg.prompt.retrieved_history)
+    prompts = build_prompts(tokenizer, dialogs, turns, cfg.prompt, retriever)
     t1 = time.perf_counter()
     store = PredictionStore.open(args.output_dir, args.fresh)
-    keys = [{"split": cfg["data"]["split"], "arm": "baseline", "seed": None, "persona_id": t["persona_id"],
+    keys = [{"split": cfg.data.split, "arm": "baseline", "seed": None, "persona_id": t["persona_id"],
              "dialog_index": t["dialog_index"], "turn_index": t["turn_index"]} for t in turns]
-    predictions = generate_or_reuse(model, tokenizer, prompts, cfg["generation"], cfg["model"]["name"], keys, store,
+    predictions = generate_or_reuse(model, tokenizer, prompts, cfg.generation, cfg.model.name, keys, store,
                                     chain_keys=[t["dialog_index"] for t in turns])
     print(store.summary())
     timings["generate_s"] = time.perf_counter() - t1
@@ -74,8 +74,8 @@ def main():
     per_persona = aggregate_per_persona(records)
     out = Path(args.output_dir)
     write_json(out / "baseline_results.json", {
-        "config": {k: v for k, v in cfg.items() if not k.startswith("_")}, "config_file": cfg["_source"],
-        "model": cfg["model"]["name"], "model_path": model_path, "device": str(model.device),
+        "config": {k: v for k, v in as_dict(cfg).items() if k != "source"}, "config_file": cfg.source,
+        "model": cfg.model.name, "model_path": model_path, "device": str(model.device),
         "dtype": str(model.dtype), "metrics": metrics,
         "counts": {"turns": len(turns), "dialogues": len({t["dialog_index"] for t in turns}),
                    "personas": metrics.get("personas", 0)},
@@ -83,7 +83,7 @@ def main():
     write_json(out / "per_persona_results.json", per_persona)
     write_csv(out / "per_persona_summary.csv", summary_rows(per_persona))
     write_jsonl(out / "sample_outputs.jsonl",
-                [sample_record(r, dialogs) for r in records[: cfg["evaluation"]["sample_outputs"]]])
+                [sample_record(r, dialogs) for r in records[: cfg.evaluation.sample_outputs]])
     print(f"baseline on {len(turns)} turns, {metrics.get('personas', 0)} personas "
           f"({timings['generate_s']:.1f} s generating, {timings['turns_per_s'] or 0:.2f} turns/s)")
     print(format_metrics(metrics))

@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from conftest import BagOfWordsEmbedder, run_script
 
 from adaptcommand.data.data_io import UserError
 from adaptcommand.evaluation.evaluation import TurnScorer, aggregate, build_prompts, collect_turns, make_retriever
-from adaptcommand.model.config import SCHEMA, defaults, load_config
+from adaptcommand.model.config import defaults, load_config
 from adaptcommand.model.generation import encode_prompts, generate_texts, generation_kwargs, padded_batch
 from adaptcommand.model.modeling import load_model_and_tokenizer
 from adaptcommand.model.prompting import CHARACTER_HEADER, RETRIEVED_HEADER, build_turn_messages, render_prompt
@@ -27,8 +28,8 @@ def _write(tmp_path, obj, name="c.json"):
 
 def test_config_defaults_and_overrides(tmp_path):
     cfg = load_config(_write(tmp_path, {"generation": {"max_new_tokens": 12}, "prompt": {"include_character": True}}))
-    assert cfg["generation"]["max_new_tokens"] == 12 and cfg["prompt"]["include_character"] is True
-    assert cfg["generation"]["batch_size"] == SCHEMA["generation"]["batch_size"][1]
+    assert cfg.generation.max_new_tokens == 12 and cfg.prompt.include_character is True
+    assert cfg.generation.batch_size == defaults().generation.batch_size == 16
 
 
 @pytest.mark.parametrize("raw,message", [
@@ -64,8 +65,8 @@ def test_set_overrides_values_before_validation(tmp_path):
     path = _write(tmp_path, {"generation": {"max_new_tokens": 12}})
     cfg = load_config(path, ["generation.max_new_tokens=30", "data.dialogs=data/x y.jsonl", "training.seeds=[1, 2]",
                              "prompt.include_character=true"])
-    assert cfg["generation"]["max_new_tokens"] == 30 and cfg["data"]["dialogs"] == "data/x y.jsonl"
-    assert cfg["training"]["seeds"] == [1, 2] and cfg["prompt"]["include_character"] is True
+    assert cfg.generation.max_new_tokens == 30 and cfg.data.dialogs == "data/x y.jsonl"
+    assert cfg.training.seeds == [1, 2] and cfg.prompt.include_character is True
     with pytest.raises(UserError, match=r"\(with --set\): generation.max_new_tokens must be integer"):
         load_config(path, ["generation.max_new_tokens=many"])
     with pytest.raises(UserError, match="expected SECTION.KEY=VALUE"):
@@ -82,7 +83,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------ prompts
 def test_history_window_and_exact_chat_text(tiny_model):
     _, tokenizer = tiny_model
-    cfg = {**defaults()["prompt"], "system_template": "SYS", "max_context_messages": 2}
+    cfg = replace(defaults().prompt, system_template="SYS", max_context_messages=2)
     messages = build_turn_messages(DIALOG, 5, cfg)
     assert [m["content"] for m in messages] == ["SYS", "Lights at 50%.", "And the AC to 22 degrees."]
     assert render_prompt(tokenizer, messages) == (
@@ -91,12 +92,12 @@ def test_history_window_and_exact_chat_text(tiny_model):
 
 
 def test_character_and_retrieval_switches():
-    cfg = {**defaults()["prompt"], "system_template": "SYS"}
+    cfg = replace(defaults().prompt, system_template="SYS")
     assert build_turn_messages(DIALOG, 1, cfg)[0]["content"] == "SYS"
-    with_character = build_turn_messages(DIALOG, 1, {**cfg, "include_character": True})[0]["content"]
+    with_character = build_turn_messages(DIALOG, 1, replace(cfg, include_character=True))[0]["content"]
     assert with_character == f"SYS\n\n{CHARACTER_HEADER} Theo is a shy beekeeper."
     past = {"messages": [{"role": "user", "text": "x" * 300}, {"role": "assistant", "text": "Done."}]}
-    with_retrieved = build_turn_messages(DIALOG, 1, {**cfg, "retrieved_max_messages": 1}, [past])[0]["content"]
+    with_retrieved = build_turn_messages(DIALOG, 1, replace(cfg, retrieved_max_messages=1), [past])[0]["content"]
     assert with_retrieved == f"SYS\n\n{RETRIEVED_HEADER}\n[1] User: {'x' * 160}"
 
 
@@ -115,9 +116,9 @@ def test_retrieval_uses_same_persona_train_dialogues_only(demo_files):
 # ------------------------------------------------------------ batched generation
 def test_padded_batch_matches_one_by_one_logits(tiny_model):
     model, tokenizer = tiny_model
-    cfg = {**defaults()["prompt"], "system_template": "You are a home assistant."}
+    cfg = replace(defaults().prompt, system_template="You are a home assistant.")
     prompts = [render_prompt(tokenizer, build_turn_messages(DIALOG, t, cfg)) for t in (1, 3, 5)]
-    gen = {**defaults()["generation"], "max_new_tokens": 3}
+    gen = replace(defaults().generation, max_new_tokens=3)
     kwargs = generation_kwargs(model, tokenizer, gen)
     ids = encode_prompts(tokenizer, prompts)
     assert len({len(i) for i in ids}) == 3  # really padded
@@ -137,9 +138,9 @@ def test_padded_batch_matches_one_by_one_logits(tiny_model):
 
 def test_generation_returns_replies_in_prompt_order(tiny_model):
     model, tokenizer = tiny_model
-    cfg = {**defaults()["prompt"], "system_template": "S"}
+    cfg = replace(defaults().prompt, system_template="S")
     prompts = [render_prompt(tokenizer, build_turn_messages(DIALOG, t, cfg)) for t in (1, 3, 5)]
-    gen = {**defaults()["generation"], "max_new_tokens": 4}
+    gen = replace(defaults().generation, max_new_tokens=4)
     forward = generate_texts(model, tokenizer, prompts, gen, batch_size=3, progress=False)
     backward = generate_texts(model, tokenizer, prompts[::-1], gen, batch_size=3, progress=False)
     assert forward == backward[::-1] and len(forward) == 3
@@ -228,11 +229,11 @@ def test_chained_turns_give_identical_replies_with_less_prefill(tiny_arch_dir, d
                            adapter_name="p1").eval()
     dialogs, splits = demo_files["dialogs"], demo_files["splits"]
     turns = collect_turns(dialogs, {p: s["test"] for p, s in splits.items()})
-    cfg = {**defaults()["prompt"], "system_template": "You are a home assistant.", "max_context_messages": 6}
+    cfg = replace(defaults().prompt, system_template="You are a home assistant.", max_context_messages=6)
     prompts = build_prompts(tokenizer, dialogs, turns, cfg)
     keys = [t["dialog_index"] for t in turns]
     names = ["p1" if t["persona_id"] == "persona_001" else "__base__" for t in turns]
-    gen = {**defaults()["generation"], "max_new_tokens": 6}
+    gen = replace(defaults().generation, max_new_tokens=6)
     fresh, chained = GenerationStats(), GenerationStats()
     alone = generate_texts(model, tokenizer, prompts, gen, batch_size=4, adapter_names=names, progress=False,
                            stats=fresh)
@@ -259,8 +260,8 @@ def test_chained_replies_identical_on_the_embedded_model(demo_files):
     model, tokenizer, _ = load_model_and_tokenizer("embedded:smollm2-135m-instruct", device="cpu")
     dialogs, splits = demo_files["dialogs"], demo_files["splits"]
     turns = collect_turns(dialogs, {p: s["test"] for p, s in splits.items()}, max_examples=10)
-    prompts = build_prompts(tokenizer, dialogs, turns, defaults()["prompt"])
-    gen = {**defaults()["generation"], "max_new_tokens": 12}
+    prompts = build_prompts(tokenizer, dialogs, turns, defaults().prompt)
+    gen = replace(defaults().generation, max_new_tokens=12)
     one_at_a_time = [generate_texts(model, tokenizer, [p], gen, progress=False)[0] for p in prompts]
     chained = generate_texts(model, tokenizer, prompts, gen, progress=False,
                              chain_keys=[t["dialog_index"] for t in turns])
@@ -289,7 +290,7 @@ def test_greedy_ignores_the_sampling_and_penalty_defaults_a_model_ships(tiny_mod
     for name, folder in (("plain", tiny_model_dir), ("qwen_like", qwen_like)):
         model, tokenizer, _ = load_model_and_tokenizer(str(folder), device="cpu")
         assert model.generation_config.repetition_penalty in (None, 1.0) and not model.generation_config.do_sample
-        prompt = render_prompt(tokenizer, build_turn_messages(dialog, 1, {**defaults()["prompt"], "system_template": "S"}))
-        replies[name] = generate_texts(model, tokenizer, [prompt] * 2, {**defaults()["generation"], "max_new_tokens": 12},
+        prompt = render_prompt(tokenizer, build_turn_messages(dialog, 1, replace(defaults().prompt, system_template="S")))
+        replies[name] = generate_texts(model, tokenizer, [prompt] * 2, replace(defaults().generation, max_new_tokens=12),
                                        progress=False)
     assert replies["qwen_like"] == replies["plain"]

@@ -1,5 +1,7 @@
 """The preference cloze: items where users state routine values, and candidate scoring."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -99,7 +101,7 @@ def test_cached_candidate_scores_equal_full_sequence_scores(tiny_arch_dir, atten
                            adapter_name="p1").eval()
     dialogs = [_dialog("Turn on the lights.", "Make it 50% please.")]
     item = _items(dialogs)[0][0]
-    prefix, tails = item_sequences(tokenizer, dialogs[0], item, {**defaults()["prompt"], "system_template": "S"})
+    prefix, tails = item_sequences(tokenizer, dialogs[0], item, replace(defaults().prompt, system_template="S"))
     assert len(tails) == 101 and all(len(t) >= 1 for t in tails)
     for adapter in ("p1", "__base__"):
         cached = candidate_logprobs(model, prefix, tails, adapter)
@@ -127,7 +129,7 @@ def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
                            adapter_name="p1").eval()
     dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color.", "Heat mode for the AC.")]
     items, _ = _items(dialogs)
-    cfg = {**defaults()["prompt"], "system_template": "S"}
+    cfg = replace(defaults().prompt, system_template="S")
     sequences = [item_sequences(tokenizer, dialogs[0], item, cfg) for item in items]
     assert len(items) == 3 and all(a[0] == b[0][:len(a[0])] for a, b in zip(sequences, sequences[1:]))
     prefills = []
@@ -148,7 +150,7 @@ def test_score_items_marks_the_argmax(tiny_model):
     model, tokenizer = tiny_model
     dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color.")]
     items, _ = _items(dialogs)
-    cfg = {**defaults()["prompt"], "system_template": "S"}
+    cfg = replace(defaults().prompt, system_template="S")
     habits = {EVERYONE: {("lights", "brightness"): 50, ("lights", "color"): "cool"},
               "persona_000": {("lights", "color"): "warm"}}  # no brightness habit: the population's stands in
     results = score_items(model, tokenizer, dialogs, items, cfg, "baseline", lambda p: "__base__", habits)
@@ -169,7 +171,7 @@ def test_no_candidate_wins_by_being_a_prefix(tiny_model):
     dialogs = [{**_dialog("Set the lights to 35"), "routines": [{**ROUTINE, "actions": {"lights": {"brightness": 35}}}]}]
     item = _items(dialogs)[0][0]
     assert item.after == "" and item.candidates[item.answer] == "35"
-    prefix, tails = item_sequences(tokenizer, dialogs[0], item, {**defaults()["prompt"], "system_template": "S"})
+    prefix, tails = item_sequences(tokenizer, dialogs[0], item, replace(defaults().prompt, system_template="S"))
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert all(t[-1] == end_of_turn for t in tails)
     for a in tails:

@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -33,12 +34,12 @@ def test_mixed_adapter_batch_equals_one_adapter_at_a_time(tiny_arch_dir):
                                                   init_lora_weights=False), adapter_name="p1")
     _random_adapter(peft_model, "p2", seed=2)
     peft_model.eval()
-    cfg = {**defaults()["prompt"], "system_template": "S"}
+    cfg = replace(defaults().prompt, system_template="S")
     dialog = {"messages": [{"role": "user", "text": "Lights to 40%, please."}, {"role": "assistant", "text": "Done."},
                            {"role": "user", "text": "And the TV volume to 12."}]}
     prompts = [render_prompt(tokenizer, build_turn_messages(dialog, t, cfg)) for t in (1, 3, 3)]
     ids = encode_prompts(tokenizer, prompts)
-    kwargs = {**generation_kwargs(model, tokenizer, {**defaults()["generation"], "max_new_tokens": 2}),
+    kwargs = {**generation_kwargs(model, tokenizer, replace(defaults().generation, max_new_tokens=2)),
               "output_logits": True, "return_dict_in_generate": True}
 
     def logits(id_lists, names):

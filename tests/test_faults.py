@@ -15,6 +15,7 @@ from conftest import ROOT, build_tiny_model, run_script
 
 from adaptcommand.evaluation.predictions import PredictionStore, fingerprint
 from adaptcommand.model.adapters import adapter_problem, save_adapter
+from adaptcommand.model.config import GenerationSection
 from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
@@ -107,16 +108,16 @@ def test_unusable_adapters_are_reported_and_the_rest_evaluated(tiny_model_dir, d
 def test_store_reuses_only_matching_fingerprints(tmp_path):
     store = PredictionStore.open(tmp_path)
     key = {"split": "test", "arm": "baseline", "seed": None, "dialog_index": 3, "turn_index": 1, "persona_id": "p"}
-    fp = fingerprint("prompt", "model", {"max_new_tokens": 4, "batch_size": 8})
+    fp = fingerprint("prompt", "model", GenerationSection(max_new_tokens=4, batch_size=8))
     store.append([{**key, "prediction": "Lights at 40%.", "fingerprint": fp}])
     with store.path.open("a") as f:
         f.write('{"split": "test", "arm": "base')  # torn by a kill
     again = PredictionStore.open(tmp_path)
     k = ("test", "baseline", None, 3, 1)
     # batch size changes no reply; anything else does
-    assert again.lookup(k, fingerprint("prompt", "model", {"max_new_tokens": 4, "batch_size": 1})) == "Lights at 40%."
-    assert again.lookup(k, fingerprint("prompt", "model", {"max_new_tokens": 5, "batch_size": 8})) is None
-    assert again.lookup(k, fingerprint("other prompt", "model", {"max_new_tokens": 4, "batch_size": 8})) is None
+    assert again.lookup(k, fingerprint("prompt", "model", GenerationSection(max_new_tokens=4, batch_size=1))) == "Lights at 40%."
+    assert again.lookup(k, fingerprint("prompt", "model", GenerationSection(max_new_tokens=5, batch_size=8))) is None
+    assert again.lookup(k, fingerprint("other prompt", "model", GenerationSection(max_new_tokens=4, batch_size=8))) is None
     assert (again.reused, again.changed) == (1, 2)
     assert PredictionStore.open(tmp_path, fresh=True).stored == {}
 
@@ -184,4 +185,4 @@ def test_a_model_rebuilt_under_the_same_name_is_another_model(tiny_model_dir, tm
     assert model_identity(str(folder)) == before
     build_tiny_model(folder, seed=1)  # rebuilt in place, same name
     assert model_identity(str(folder)) != before
-    assert fingerprint("p", model_identity(str(folder)), {}) != fingerprint("p", before, {})
+    assert fingerprint("p", model_identity(str(folder)), GenerationSection()) != fingerprint("p", before, GenerationSection())

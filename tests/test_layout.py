@@ -68,7 +68,7 @@ def test_the_library_never_imports_a_stage_script_and_nothing_installs_scripts(t
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
-    assert cfg["_source"] == str(path)
+    assert cfg.source == str(path)
 
 
 def test_no_script_imports_a_stage_script():

@@ -141,11 +141,12 @@ def test_two_processes_split_the_evaluation(tiny_model_dir, demo_files, tmp_path
 def test_a_failed_export_leaves_no_lora_in_the_base_model(tiny_model_dir, tmp_path, monkeypatch):
     from adaptcommand.model import multi_lora
     from adaptcommand.model.adapters import lora_config
+    from adaptcommand.model.config import LoraSection
     from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, _, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
     modules = len(list(model.modules()))
-    lora = lora_config({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    lora = lora_config(LoraSection(r=4, alpha=8, dropout=0.0))
 
     def full_disk(*_):
         raise OSError(28, "No space left on device")

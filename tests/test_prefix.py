@@ -2,6 +2,7 @@
 forward, and the prefix scopes train, resume and save standard PEFT folders."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,12 +15,13 @@ def test_the_training_cores_prefix_path_equals_pefts_forward(tiny_arch_dir):
     from peft import get_peft_model
 
     from adaptcommand.model.adapters import prefix_config
+    from adaptcommand.model.config import PrefixSection
     from adaptcommand.model.modeling import load_model_and_tokenizer
     from adaptcommand.model.training import IGNORE, _position_losses
 
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, prefix_config({"num_virtual_tokens": 5, "projection": False})).eval()
+    peft_model = get_peft_model(model, prefix_config(PrefixSection(num_virtual_tokens=5))).eval()
     with torch.no_grad():  # a prefix that is not all zeros, so that it matters
         peft_model.prompt_encoder["default"].embedding.weight.normal_(std=0.5)
     input_ids = torch.tensor([[5, 17, 42, 8, 99, 3, 61], [7, 7, 20, 31, 4, 0, 0]])
@@ -81,11 +83,12 @@ def _prefix_model(model_dir, names=("a", "b"), dtype="auto"):
     from peft import get_peft_model
 
     from adaptcommand.model.adapters import prefix_config
+    from adaptcommand.model.config import PrefixSection
     from adaptcommand.model.modeling import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(model_dir), device="cpu", dtype=dtype)
     torch.manual_seed(0)
-    config = prefix_config({"num_virtual_tokens": 3, "projection": False})
+    config = prefix_config(PrefixSection(num_virtual_tokens=3))
     peft_model = get_peft_model(model, config, adapter_name=names[0])
     for name in names[1:]:
         peft_model.add_adapter(name, config)
@@ -113,7 +116,7 @@ def test_prefix_replies_equal_one_at_a_time_generate(tiny_arch_dir):
     prompts = [f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
                for text in ("Lights to 40%.", "Set the AC to 22 degrees in heat mode please.", "TV on.", "Warm light.")]
     names = ["a", "b", "b", "a"]
-    gen_cfg = {**defaults()["generation"], "max_new_tokens": 6}
+    gen_cfg = replace(defaults().generation, max_new_tokens=6)
     batched = generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=2, adapter_names=names, progress=False)
     kwargs = generation_kwargs(model, tokenizer, gen_cfg)
     alone = []
@@ -125,7 +128,7 @@ def test_prefix_replies_equal_one_at_a_time_generate(tiny_arch_dir):
     assert batched == alone
 
     ids = encode_prompts(tokenizer, prompts[1:3])
-    first = {**generation_kwargs(model, tokenizer, {**gen_cfg, "max_new_tokens": 1}), "output_logits": True,
+    first = {**generation_kwargs(model, tokenizer, replace(gen_cfg, max_new_tokens=1)), "output_logits": True,
              "return_dict_in_generate": True}
     model.set_adapter("b")
     input_ids, attention = padded_batch(tokenizer, ids, "cpu")
@@ -160,7 +163,7 @@ def test_prefix_replies_in_chains_equal_each_prompt_alone(tiny_arch_dir):
         history += "Done.<|im_end|>\n"
     prompts = prompts + prompts[:2]  # the same dialogue through the other adapter: its own chain
     names = ["a", "a", "a", "b", "b"]
-    gen_cfg = {**defaults()["generation"], "max_new_tokens": 5}
+    gen_cfg = replace(defaults().generation, max_new_tokens=5)
     stats = GenerationStats()
     chained = generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=2, adapter_names=names, progress=False,
                              chain_keys=[0] * len(prompts), stats=stats)
@@ -240,10 +243,10 @@ def test_prefix_generation_in_bfloat16_follows_the_forward(tiny_arch_dir):
     model, tokenizer = _prefix_model(tiny_arch_dir, dtype="bfloat16")
     assert model.get_base_model().dtype == torch.bfloat16
     prompts = [f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n" for text in ("Lights to 40%.", "TV on.")]
-    gen_cfg = {**defaults()["generation"], "max_new_tokens": 4}
+    gen_cfg = replace(defaults().generation, max_new_tokens=4)
     replies = generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=2, adapter_names=["a", "b"], progress=False)
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
-    first = {**generation_kwargs(model, tokenizer, {**gen_cfg, "max_new_tokens": 1}), "output_logits": True,
+    first = {**generation_kwargs(model, tokenizer, replace(gen_cfg, max_new_tokens=1)), "output_logits": True,
              "return_dict_in_generate": True}
     model.set_adapter("a")
     ids = encode_prompts(tokenizer, prompts)

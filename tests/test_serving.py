@@ -1,5 +1,7 @@
 """The AdapterStore serves LoRA adapters exactly as PEFT does, at a cost that does not grow with the store."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -48,7 +50,7 @@ def _store(model_dir, folders, dtype="float32"):
 
 
 def _batch(tokenizer):
-    cfg = {**defaults()["prompt"], "system_template": "S"}
+    cfg = replace(defaults().prompt, system_template="S")
     prompts = [render_prompt(tokenizer, build_turn_messages(DIALOG, t, cfg)) for t in (1, 3, 3)]
     return prompts, padded_batch(tokenizer, encode_prompts(tokenizer, prompts), "cpu")
 
@@ -76,7 +78,7 @@ def test_store_replies_equal_peft_replies(tiny_arch_dir, tmp_path):
     served, tokenizer = _store(tiny_arch_dir, folders)
     peft_model = _peft(tiny_arch_dir, folders)
     prompts, _ = _batch(tokenizer)
-    gen = {**defaults()["generation"], "max_new_tokens": 6}
+    gen = replace(defaults().generation, max_new_tokens=6)
     names = ["a", "b", BASE, "b", "a", BASE]
     ours = generate_texts(served, tokenizer, prompts * 2, gen, batch_size=3, adapter_names=names, progress=False,
                           chain_keys=[0, 0, 1, 1, 2, 2])

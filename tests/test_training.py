@@ -4,14 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import ROOT, run_script
 from safetensors.torch import load_file
 
-from adaptcommand.model.adapters import seeded
-from adaptcommand.model.config import defaults
+from adaptcommand.model.config import PromptSection, TrainingSection, defaults, with_values
 from adaptcommand.model.prompting import chat_messages
 from adaptcommand.model.training import (
     IGNORE,
@@ -57,7 +57,7 @@ def test_labels_are_exactly_the_assistant_tokens(tiny_model):
 
 def test_loss_on_all_supervises_the_user_turns_too(tiny_model):
     _, tokenizer = tiny_model
-    cfg = {**defaults()["prompt"], "system_template": "SYS"}
+    cfg = replace(defaults().prompt, system_template="SYS")
     example = dialog_example(tokenizer, {"messages": MESSAGES}, cfg, 512, loss_on="all")
     assert _supervised_spans(tokenizer, example["input_ids"], example["labels"]) == [
         "Turn on the lights.<|im_end|>", "Lights on at 50%.<|im_end|>", "Thanks!<|im_end|>", "You're welcome.<|im_end|>"]
@@ -67,7 +67,7 @@ def test_loss_on_all_supervises_the_user_turns_too(tiny_model):
 
 def test_long_dialogues_keep_the_most_recent_turns(tiny_model):
     _, tokenizer = tiny_model
-    cfg = {**defaults()["prompt"], "system_template": "SYS"}
+    cfg = replace(defaults().prompt, system_template="SYS")
     dialog = {"messages": MESSAGES * 6}
     full = dialog_example(tokenizer, dialog, cfg, max_seq_length=10_000)
     short = dialog_example(tokenizer, dialog, cfg, max_seq_length=len(full["input_ids"]) // 2)
@@ -79,7 +79,7 @@ def test_long_dialogues_keep_the_most_recent_turns(tiny_model):
 
 def test_the_last_resort_cut_keeps_the_system_prompt_and_is_counted(tiny_model):
     _, tokenizer = tiny_model
-    cfg = {**defaults()["prompt"], "system_template": "SYS " * 30}
+    cfg = replace(defaults().prompt, system_template="SYS " * 30)
     long_user = {"role": "user", "text": "Please set the lights to 40% " * 40}
     dialog = {"messages": [long_user, {"role": "assistant", "text": "Lights at 40%."}]}
     full = dialog_example(tokenizer, dialog, cfg, max_seq_length=10_000)
@@ -140,12 +140,12 @@ def test_an_undefined_knowledge_score_keeps_the_last_epoch_and_patience_stops():
 
 def test_every_kept_epoch_ends_a_decayed_schedule():
     """Selected on validation: each epoch warms up and decays to 0; kept last: one schedule over all epochs."""
-    cfg = {"warmup_ratio": 0.1, "epochs": 3, "select_by": "val_knowledge"}
+    cfg = TrainingSection(warmup_ratio=0.1, epochs=3, select_by="val_knowledge")
     factor = lr_factor(cfg, steps_per_epoch=10)
     per_epoch = [factor(step) for step in range(30)]
     assert per_epoch[:10] == per_epoch[10:20] == per_epoch[20:]  # the same cycle every epoch
     assert per_epoch[1] == 1.0 and per_epoch[9] == pytest.approx(1 / 9)  # warmup 1 step, then down to 0 at the end
-    whole = [lr_factor({**cfg, "select_by": "last"}, 10)(step) for step in range(30)]
+    whole = [lr_factor(replace(cfg, select_by="last"), 10)(step) for step in range(30)]
     assert whole[3] == 1.0 and whole[10] > 0.5 and whole[29] == pytest.approx(1 / 27)
 
 
@@ -173,8 +173,7 @@ def test_value_positions_are_the_tokens_of_the_stated_values(tiny_model):
                            {"role": "user", "text": "Yes, warm."}, {"role": "assistant", "text": "Done."}]}
     spans = first_value_spans(dialog, message_actions(dialog, ActionExtractor().extract_actions))
     assert spans == [(0, 18, 20), (1, 14, 18)]  # "35" said first by the user, "warm" first by the assistant
-    example = dialog_example(tokenizer, dialog, {"system_template": "S", "include_character": False,
-                                                 "max_context_messages": 10, "retrieval": False}, 512, spans=spans)
+    example = dialog_example(tokenizer, dialog, PromptSection(system_template="S"), 512, spans=spans)
     stated = "".join(tokenizer.decode([example["input_ids"][i]]) for i in example["value_positions"])
     assert stated.replace(" ", "") == "35warm"
 
@@ -230,14 +229,13 @@ def test_saved_adapter_reproduces_in_memory_logits(tiny_model_dir, demo_files):
     from adaptcommand.model.modeling import load_model_and_tokenizer
     from adaptcommand.model.training import collate, dialog_example, train_adapter
 
-    cfg = seeded(defaults(), 0)
-    cfg["lora"].update(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
-    cfg["training"].update(epochs=1, batch_size=2, learning_rate=1e-2)
+    cfg = with_values(defaults(), "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg = with_values(cfg, "training", epochs=1, batch_size=2, learning_rate=1e-2)
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
     dialogs = demo_files["dialogs"]
-    examples = [dialog_example(tokenizer, dialogs[i], cfg["prompt"], 512) for i in range(4)]
-    peft_model = get_peft_model(model, lora_config(cfg["lora"]), adapter_name="job_x")
-    train_adapter(peft_model, examples, examples[:2], cfg["training"], tokenizer.pad_token_id, progress=False)
+    examples = [dialog_example(tokenizer, dialogs[i], cfg.prompt, 512) for i in range(4)]
+    peft_model = get_peft_model(model, lora_config(cfg.lora), adapter_name="job_x")
+    train_adapter(peft_model, examples, examples[:2], cfg.training, tokenizer.pad_token_id, 0, progress=False)
     input_ids, attention, _ = collate(examples[:2], tokenizer.pad_token_id)
     with torch.no_grad():
         in_memory = peft_model(input_ids=input_ids, attention_mask=attention).logits
@@ -321,10 +319,9 @@ def test_all_then_per_user_on_all_for_each_seed(train_config, tmp_path):
 
 # ------------------------------------------------------------ the real model's architecture and precision
 def _small_cfg():
-    cfg = seeded(defaults(), 0)
-    cfg["lora"].update(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    cfg["training"].update(epochs=1, batch_size=2, learning_rate=1e-2)
-    cfg["prompt"]["system_template"] = "You are a home assistant."
+    cfg = with_values(defaults(), "lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    cfg = with_values(cfg, "training", epochs=1, batch_size=2, learning_rate=1e-2)
+    cfg = with_values(cfg, "prompt", system_template="You are a home assistant.")
     return cfg
 
 
@@ -340,11 +337,11 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu", dtype="bfloat16")
     assert model.dtype == torch.bfloat16
-    examples = [dialog_example(tokenizer, demo_files["dialogs"][i], cfg["prompt"], 256) for i in range(4)]
+    examples = [dialog_example(tokenizer, demo_files["dialogs"][i], cfg.prompt, 256) for i in range(4)]
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, lora_config(cfg["lora"]), adapter_name="p")
+    peft_model = get_peft_model(model, lora_config(cfg.lora), adapter_name="p")
     before = trainable_state(peft_model)
-    log = train_adapter(peft_model, examples, examples[:2], cfg["training"], tokenizer.pad_token_id, progress=False)
+    log = train_adapter(peft_model, examples, examples[:2], cfg.training, tokenizer.pad_token_id, 0, progress=False)
     after = trainable_state(peft_model)
     assert all(v.dtype == torch.float32 for v in after.values())  # PEFT keeps LoRA weights in fp32 over a bf16 base
     assert peft_model.get_base_model().model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
@@ -354,7 +351,7 @@ def test_bf16_on_cpu_trains_and_generates(tiny_arch_dir, demo_files):
     assert forward_backward_rate(peft_model, examples, tokenizer.pad_token_id) > 0
     assert [name for name, p in peft_model.named_parameters() if p.requires_grad] == trainable  # flags restored
     prompts = ["<|im_start|>user\nLights to 40%.<|im_end|>\n<|im_start|>assistant\n"] * 2
-    replies = generate_texts(peft_model, tokenizer, prompts, {**cfg["generation"], "max_new_tokens": 4},
+    replies = generate_texts(peft_model, tokenizer, prompts, replace(cfg.generation, max_new_tokens=4),
                              batch_size=2, progress=False)
     assert len(replies) == 2 and replies[0] == replies[1]
 
@@ -370,14 +367,14 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
     cfg = _small_cfg()
     model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
     torch.manual_seed(3)
-    unified = get_peft_model(model, lora_config({**cfg["lora"], "target_modules": ["q_proj", "k_proj", "v_proj"]}),
+    unified = get_peft_model(model, lora_config(replace(cfg.lora, target_modules=["q_proj", "k_proj", "v_proj"])),
                              adapter_name="all")
     with torch.no_grad():
         for name, p in unified.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     save_adapter(unified, "all", tmp_path / "lora_all", {"scope": "all"})
-    examples = [dialog_example(tokenizer, demo_files["dialogs"][i], cfg["prompt"], 256) for i in range(2)]
+    examples = [dialog_example(tokenizer, demo_files["dialogs"][i], cfg.prompt, 256) for i in range(2)]
     input_ids, attention, _ = collate(examples, tokenizer.pad_token_id)
 
     def logits(m):
@@ -394,9 +391,10 @@ def test_merged_unified_adapter_equals_the_adapter_applied(tiny_arch_dir, demo_f
 
 def test_tokenized_examples_are_cached_between_runs(tiny_model_dir, demo_files):
     """A rerun (a new process) reuses the `datasets` cache instead of tokenizing again."""
-    code = ("import json, sys; from adaptcommand.model.config import defaults; from adaptcommand.model.modeling import load_tokenizer; "
+    code = ("import dataclasses, json, sys; from adaptcommand.model.config import defaults; "
+            "from adaptcommand.model.modeling import load_tokenizer; "
             "from adaptcommand.model.training import ValScore, dialog_example, lr_factor, tokenized_dialogs; "
-            "p = dict(defaults()['prompt'], system_template=sys.argv[3]); "
+            "p = dataclasses.replace(defaults().prompt, system_template=sys.argv[3]); "
             "ds = tokenized_dialogs(load_tokenizer(sys.argv[1]), sys.argv[2], p, 256); "
             "print(json.dumps([ds.cache_files[0]['filename'], len(ds), ds[0]['input_ids'][:3]]))")
 

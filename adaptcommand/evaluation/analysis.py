@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from adaptcommand.evaluation.study_stats import minimum_detectable_effect
+from adaptcommand.model.arm_registry import BASELINE, COMPARATOR, PER_USER_LORA, UNIFIED, comparator_pairs
 
 # (arm, reference): the per-persona gains the who-benefits table correlates with the personas' traits
-GAINS = (("lora_per_user", "lora_all"), ("lora_per_user_on_all", "lora_all"),
-         ("lora_per_user_on_all", "lora_all_on_all"), ("retrieval", "baseline"))
+GAINS = (*((arm, UNIFIED.name) for arm in PER_USER_LORA), *comparator_pairs(PER_USER_LORA + (COMPARATOR.name,)),
+         ("retrieval", BASELINE.name))
 GAIN_METRICS = ("routine_f1", "cloze_top1")
 
 
@@ -39,7 +40,7 @@ def compute_against_gain(costs, seeds, metrics=GAIN_METRICS):
         row = dict(cost)
         for metric in metrics:
             mine = _seed_scores(seeds, cost["arm"], cost["seed"], metric)
-            for ref, ref_seed in (("baseline", None), ("lora_all", cost["seed"])):
+            for ref, ref_seed in ((BASELINE.name, None), (UNIFIED.name, cost["seed"])):
                 if ref == cost["arm"]:
                     continue
                 paired = (mine - _seed_scores(seeds, ref, ref_seed, metric)).dropna()
@@ -81,7 +82,7 @@ def memorization_gaps(memorization):
     return pd.DataFrame(out)
 
 
-def curve_points(points, arms=("lora_per_user", "lora_per_user_on_all"), refs=("lora_all",)):
+def curve_points(points, arms=PER_USER_LORA, refs=(UNIFIED.name,)):
     """The learning curve: for each (train sessions N, comparison.csv frame), every arm's Δ against each
     reference on the gain metrics, with its interval and verdict."""
     rows = []

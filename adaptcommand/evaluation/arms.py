@@ -24,16 +24,9 @@ from adaptcommand.model.adapters import (
     merge_unified,
     seeds_found,
 )
-from adaptcommand.model.config import ADAPTER_ARMS, ON_UNIFIED_ARMS, PREFIX_ARMS, PROMPT_ARMS, arm_prompt
+from adaptcommand.model.arm_registry import ARMS, LORA, PREFIX, PROMPT, arm_prompt
 from adaptcommand.model.modeling import load_model_and_tokenizer, model_identity
 from adaptcommand.model.serving import BASE, AdapterStore, routes_adapters, store_of
-
-
-def adapter_name(arm, persona=None, seed=0):
-    """PEFT adapter names: no dots, and never containing 'lora_' (PEFT would re-initialise them)."""
-    return {"lora_all": "unified", "lora_per_user": f"user_{persona}", "lora_per_user_on_all": f"onall_{persona}",
-            "lora_all_on_all": "allonall", "prefix_all": "prefixall",
-            "prefix_per_user": f"prefix_{persona}"}[arm] + f"_s{seed}"
 
 
 @dataclass
@@ -59,21 +52,22 @@ class ArmAdapters:
 def find_adapters(cfg, arms, personas):
     """{adapter arm: ArmAdapters} for the arms asked for, over every seed folder found under each arm's root.
 
-    An adapter trained on the unified one (ON_UNIFIED_ARMS) of seed s counts only beside a complete unified
+    An adapter trained on the unified one (an arm's `on_unified`) of seed s counts only beside a complete unified
     adapter of seed s.
     """
-    adapters = cfg["adapters"]
+    adapters = cfg.adapters
     found = {}
     for arm in arms:
-        if arm not in ADAPTER_ARMS:
+        if not ARMS[arm].has_adapters:
             continue
+        on_unified = ARMS[arm].on_unified
         complete, unusable = {}, {}
-        for seed in seeds_found(adapters[arm]):
-            unified = arm_folder(adapters, "lora_all", seed=seed)
+        for seed in seeds_found(adapters.root(arm)):
+            unified = arm_folder(adapters, on_unified, seed=seed) if on_unified else None
             for p in personas:
                 folder = Path(arm_folder(adapters, arm, p, seed))
                 problem = folder_problem(folder) if folder.is_dir() else "no folder"
-                if problem is None and arm in ON_UNIFIED_ARMS and not is_complete(unified):
+                if problem is None and unified is not None and not is_complete(unified):
                     problem = f"its unified adapter {unified} is not complete"
                 if problem is None:
                     complete.setdefault(p, {})[seed] = folder
@@ -110,7 +104,7 @@ class ModelGroup:
 
     def adapters_for(self, arm, persona):
         """{seed: adapter} a row of `arm` for `persona` runs with: {None: BASE} for prompt arms, {} if none."""
-        if arm in PROMPT_ARMS:
+        if ARMS[arm].kind == PROMPT:
             return {None: BASE}
         return self.adapters.get(arm, {}).get(persona, {})
 
@@ -135,12 +129,13 @@ class ModelGroup:
 def load_model_groups(cfg, arms, availability, personas):
     """The ModelGroups serving `arms` to `personas` (availability: find_adapters' result). Adapters are put on
     a model only by ModelGroup.serve; a group whose unified adapter does not fit drops its adapters as unusable."""
-    model_cfg = cfg["model"]
+    model_cfg = cfg.model
 
-    def group(name, group_arms, seed=None):
-        """A model for these arms; with `seed`, the unified adapter of that seed merged in and only that seed's adapters."""
-        model, tokenizer, _ = load_model_and_tokenizer(model_cfg["name"], model_cfg["device"], model_cfg["dtype"])
-        unified = arm_folder(cfg["adapters"], "lora_all", seed=seed) if seed is not None else None
+    def group(name, group_arms, on_unified=None, seed=None):
+        """A model for these arms; with `on_unified`, that arm's adapter of `seed` merged in and only that seed's
+        adapters."""
+        model, tokenizer, _ = load_model_and_tokenizer(model_cfg.name, model_cfg.device, model_cfg.dtype)
+        unified = arm_folder(cfg.adapters, on_unified, seed=seed) if on_unified else None
         if unified is not None:
             problem = adapter_problem(unified, model)
             if problem:
@@ -150,25 +145,28 @@ def load_model_groups(cfg, arms, availability, personas):
                             availability[arm].drop(p, seed, f"its unified adapter {unified}: {problem}")
                 return None
             model = merge_unified(model, unified)
-        names = {arm: {p: {s: adapter_name(arm, p, s) for s in availability[arm].found.get(p, {})
+        names = {arm: {p: {s: ARMS[arm].adapter_name(p, s) for s in availability[arm].found.get(p, {})
                            if seed is None or s == seed} for p in personas}
                  for arm in group_arms if arm in availability}
         folders = {names[arm][p][s]: availability[arm].found[p][s] for arm in names for p in names[arm]
                    for s in names[arm][p]}
-        if any(arm in PREFIX_ARMS for arm in group_arms):
+        if any(ARMS[arm].kind == PREFIX for arm in group_arms):
             return ModelGroup(name, model, tokenizer, group_arms, names, folders, unified, base=model)
         if folders:
             AdapterStore.for_folders(model, set(folders.values()))
         return ModelGroup(name, model, tokenizer, group_arms, names, folders, unified)
 
     groups = []
-    shared = [a for a in arms if a in PROMPT_ARMS or (a in ("lora_all", "lora_per_user") and availability[a].found)]
+    kinds = {a: ARMS[a] for a in arms}
+    shared = [a for a, arm in kinds.items() if arm.kind == PROMPT or
+              (arm.kind == LORA and not arm.on_unified and availability[a].found)]
     if shared:
         groups.append(group("shared", shared))
-    on_unified = [a for a in arms if a in ON_UNIFIED_ARMS]
-    for seed in sorted({s for a in on_unified for s in availability[a].seeds()}):
-        groups.append(group(f"on_unified_s{seed}", on_unified, seed))
-    prefix = [a for a in arms if a in PREFIX_ARMS and availability[a].found]
+    for base in dict.fromkeys(arm.on_unified for arm in kinds.values() if arm.on_unified):
+        on_base = [a for a, arm in kinds.items() if arm.on_unified == base]
+        for seed in sorted({s for a in on_base for s in availability[a].seeds()}):
+            groups.append(group(f"on_unified_s{seed}", on_base, base, seed))
+    prefix = [a for a, arm in kinds.items() if arm.kind == PREFIX and availability[a].found]
     if prefix:  # PEFT does not hold prefix and LoRA adapters in one model: a copy of the base of their own
         groups.append(group("prefix", prefix))
     return [g for g in groups if g is not None]
@@ -199,7 +197,7 @@ def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
     for arm in dict.fromkeys(r.arm for r in rows):
         picked = [i for i, r in enumerate(rows) if r.arm == arm]
         arm_prompts = build_prompts(group.tokenizer, dialogs, [turns[rows[i].turn] for i in picked],
-                                    arm_prompt(arm, cfg["prompt"]), retriever)
+                                    arm_prompt(arm, cfg.prompt), retriever)
         for i, prompt in zip(picked, arm_prompts):
             prompts[i] = prompt
     names = [r.adapter for r in rows] if routes_adapters(group.model) else None
@@ -208,7 +206,7 @@ def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
     keys = [{"split": split, "arm": r.arm, "seed": r.seed, "persona_id": turns[r.turn]["persona_id"],
              "dialog_index": turns[r.turn]["dialog_index"], "turn_index": turns[r.turn]["turn_index"]} for r in rows]
     chains = [(r.arm, r.seed, turns[r.turn]["dialog_index"]) for r in rows]  # a dialogue's turns share one cache
-    return generate_or_reuse(group.model, group.tokenizer, prompts, cfg["generation"], model_identity(cfg["model"]["name"]),
+    return generate_or_reuse(group.model, group.tokenizer, prompts, cfg.generation, model_identity(cfg.model.name),
                              keys, store,
                              adapter_names=names, adapter_hashes=hashes, chain_keys=chains, desc=f"{split} {group.name}")
 

@@ -317,7 +317,7 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
         sequences = []
         for item in group:
             retrieved = ()
-            if prompt_cfg["retrieval"]:
+            if prompt_cfg.retrieval:
                 retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index], index)])[0]
             sequences.append(item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved))
         scored = shared_prefix_logprobs(model, sequences, adapter if routes_adapters(model) else None)

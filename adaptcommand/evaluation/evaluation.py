@@ -46,7 +46,7 @@ def collect_turns(dialogs, indices_by_persona, max_examples=None):
 def build_prompts(tokenizer, dialogs, turns, prompt_cfg, retriever=None):
     """Rendered prompts for the turns, with retrieved history when the config asks for it."""
     retrieved = [()] * len(turns)
-    if prompt_cfg["retrieval"]:
+    if prompt_cfg.retrieval:
         if retriever is None:
             raise ValueError("a retrieval prompt needs a HistoryRetriever")
         queries = [(t["persona_id"], dialogs[t["dialog_index"]]["messages"][:t["turn_index"]], t["dialog_index"])

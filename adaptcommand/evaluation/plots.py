@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from adaptcommand.data.data_io import atomic_path  # noqa: E402
 from adaptcommand.evaluation.tables import arm_interval  # noqa: E402
+from adaptcommand.model.arm_registry import PER_USER_LORA, UNIFIED  # noqa: E402
 
 
 def _save(fig, path):
@@ -70,16 +71,16 @@ def per_user_vs_unified(seeds, metric, path):
     """Each persona: the unified adapter's score (x) against the per-user arms' (y), mean over seeds,
     with bars spanning the lowest to the highest seed."""
     stats = seeds.groupby(["persona_id", "arm"])[metric].agg(["mean", "min", "max"]).reset_index()
-    unified = stats[stats["arm"] == "lora_all"].set_index("persona_id")
+    unified = stats[stats["arm"] == UNIFIED.name].set_index("persona_id")
     fig, ax = plt.subplots(figsize=(3.8, 3.6))
-    for arm, marker in (("lora_per_user", "o"), ("lora_per_user_on_all", "^")):
+    for arm, marker in zip(PER_USER_LORA, "o^sv"):
         points = stats[stats["arm"] == arm].set_index("persona_id").join(unified, rsuffix="_all", how="inner").dropna()
         if len(points):
             ax.errorbar(points["mean_all"], points["mean"], fmt=marker, alpha=0.8, label=arm, capsize=2,
                         xerr=[points["mean_all"] - points["min_all"], points["max_all"] - points["mean_all"]],
                         yerr=[points["mean"] - points["min"], points["max"] - points["mean"]])
     ax.plot([0, 1], [0, 1], color="black", lw=1)
-    ax.set_xlabel(f"lora_all {metric} (seed range)")
+    ax.set_xlabel(f"{UNIFIED.name} {metric} (seed range)")
     ax.set_ylabel(f"per-user {metric} (seed range)")
     ax.legend(fontsize=7)
     return _save(fig, path)

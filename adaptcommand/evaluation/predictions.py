@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptcommand.model.config import as_dict
 from adaptcommand.model.generation import generate_texts
 
 KEY_FIELDS = ("split", "arm", "seed", "dialog_index", "turn_index")
@@ -41,7 +42,7 @@ def adapter_hash(folder):
 
 def fingerprint(prompt, model_name, gen_cfg, adapters=""):
     """What a reply depends on, hashed: the prompt text, the model, the generation settings, the adapters."""
-    text = json.dumps([prompt, model_name, {k: v for k, v in sorted(gen_cfg.items()) if k != "batch_size"}, adapters])
+    text = json.dumps([prompt, model_name, {k: v for k, v in sorted(as_dict(gen_cfg).items()) if k != "batch_size"}, adapters])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 

@@ -24,7 +24,7 @@ Counts are pooled per persona (a session evaluated under several training seeds 
 seed, each with its own first statements), then averaged over personas (macro). Silence scores 0,
 and so does an echo of the user or of the assistant, which only repeats values that are closed.
 
-The reference policies (config.POLICY_ARMS) need no model: `silent` says "Okay.", `echo` repeats the
+The reference policies (arm_registry: kind POLICY) need no model: `silent` says "Okay.", `echo` repeats the
 user's last message, `echo_assistant` the assistant's last message, `rotate_usual` states the
 population's three most common values for the devices talked about, rotating through them turn
 by turn (a hedger: what varying guesses score), `oracle` states the applied routine's settings for every device talked about

@@ -14,19 +14,7 @@ import pandas as pd
 
 from adaptcommand.evaluation.evaluation import aggregate, aggregate_per_persona
 from adaptcommand.evaluation.study_stats import bootstrap_ci, compare, decide, seed_matrix
-
-POLICY_NOTES = {"silent": "replies \"Okay.\" (no model): what saying nothing scores",
-                "echo": "repeats the user's last message (no model): what copying the user scores",
-                "echo_assistant": "repeats the assistant's last message (no model): what copying the dialogue's own "
-                                  "earlier turns scores",
-                "rotate_usual": "states the population's 3 most common values for the devices talked about, a "
-                                "different one each turn (no model): what hedging scores",
-                "oracle": "states the applied routine's settings for the devices talked about (no model, reads "
-                          "the reference): what perfect memory scores",
-                "user_usual": "states the values this user's train-session routines set most often, for the devices "
-                              "talked about (no model, no context): what remembering the user's habits scores",
-                "everyone_usual": "the same with every user's train sessions pooled: what the population's "
-                                  "habits score"}
+from adaptcommand.model.arm_registry import ARMS, POLICY
 
 
 def seed_frame(records_by_arm, cloze_results=()):
@@ -215,7 +203,7 @@ def markdown_tables(table, compared, metric):
         "MDE (80% power)": primary.get("mde", pd.Series(dtype=float)).map(fmt),
         "verdict": primary.get("verdict", pd.Series(dtype=object)),
     })
-    notes = [f"- {arm}: {POLICY_NOTES[arm]}" for arm in rows["arm"] if arm in POLICY_NOTES]
+    notes = [f"- {arm}: {ARMS[arm].note}" for arm in rows["arm"] if arm in ARMS and ARMS[arm].kind == POLICY]
     if "cloze_chance" in rows and rows["cloze_chance"].notna().any():
         first = rows[rows["cloze_chance"].notna()].iloc[0]
         notes.append(f"- cloze top-1: the user's routine value ranked first where the user states it and the dialogue "

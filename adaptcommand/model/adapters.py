@@ -10,13 +10,12 @@ is how a rerun knows what to skip. Adapters are written under a temporary name a
 place (adaptcommand/data/data_io.atomic_path), so an interrupted run never leaves a complete-looking folder.
 """
 
-import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from adaptcommand.data.data_io import UserError, atomic_path, write_json
-from adaptcommand.model.config import PREFIX_ARMS, UNIFIED_ARMS
+from adaptcommand.model.arm_registry import ARMS, PREFIX
 from adaptcommand.model.serving import merge_lora, read_adapter, weight_problem
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_log.json")
@@ -36,21 +35,21 @@ def lora_config(cfg):
     """peft.LoraConfig from the config's `lora` section."""
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                      target_modules=list(cfg["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
 def prefix_config(cfg):
     """peft.PrefixTuningConfig from the config's `prefix` section."""
     from peft import PrefixTuningConfig
 
-    return PrefixTuningConfig(num_virtual_tokens=cfg["num_virtual_tokens"], prefix_projection=cfg["projection"],
+    return PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.projection,
                               task_type="CAUSAL_LM")
 
 
 def peft_config(cfg, arm):
     """The PEFT config an adapter arm trains: prefix tuning for the prefix arms, LoRA for the others."""
-    return prefix_config(cfg["prefix"]) if arm in PREFIX_ARMS else lora_config(cfg["lora"])
+    return prefix_config(cfg.prefix) if ARMS[arm].kind == PREFIX else lora_config(cfg.lora)
 
 
 def is_prefix_tuned(model):
@@ -80,8 +79,8 @@ def is_complete(folder):
 
 def arm_folder(adapters_cfg, arm, persona=None, seed=0):
     """Where an adapter arm keeps one seed's adapter: one folder for a unified arm, one per persona for the others."""
-    root = Path(adapters_cfg[arm]) / f"seed_{seed}"
-    return root if arm in UNIFIED_ARMS else root / persona
+    root = Path(adapters_cfg.root(arm)) / f"seed_{seed}"
+    return root if ARMS[arm].unified else root / persona
 
 
 def seeds_found(root):
@@ -89,13 +88,6 @@ def seeds_found(root):
     root = Path(root)
     found = [int(m.group(1)) for p in root.glob("seed_*") if p.is_dir() and (m := re.fullmatch(r"seed_(\d+)", p.name))]
     return sorted(found)
-
-
-def seeded(cfg, seed):
-    """The config with training.seed set: what one seed's training run reads (config files list training.seeds)."""
-    out = copy.deepcopy(cfg)
-    out["training"]["seed"] = seed
-    return out
 
 
 def first_sessions(train, max_sessions=None):
@@ -112,7 +104,7 @@ def jobs_for(scope_arm, splits, personas, root, seeds, max_sessions=None):
     root = Path(root)
     jobs = []
     for seed in seeds:
-        if scope_arm in UNIFIED_ARMS:
+        if ARMS[scope_arm].unified:
             jobs.append(AdapterJob("all", [i for p in personas for i in first_sessions(splits[p]["train"], max_sessions)],
                                    [i for p in personas for i in splits[p]["val"]], seed, root / f"seed_{seed}"))
         else:

@@ -49,10 +49,10 @@ def padded_batch(tokenizer, id_lists, device):
 
 
 def generation_kwargs(model, tokenizer, gen_cfg):
-    kwargs = {"max_new_tokens": gen_cfg["max_new_tokens"], "do_sample": gen_cfg["do_sample"],
+    kwargs = {"max_new_tokens": gen_cfg.max_new_tokens, "do_sample": gen_cfg.do_sample,
               "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(model, tokenizer)}
-    if gen_cfg["do_sample"]:
-        kwargs.update(temperature=gen_cfg["temperature"], top_p=gen_cfg["top_p"])
+    if gen_cfg.do_sample:
+        kwargs.update(temperature=gen_cfg.temperature, top_p=gen_cfg.top_p)
     else:  # silence the model's own sampling defaults
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
@@ -187,7 +187,7 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
     order); None: every prompt on its own. stats: a GenerationStats to add the token counts to.
     on_replies(indices, replies): called as each batch step finishes (to checkpoint them).
     """
-    batch_size = batch_size or gen_cfg["batch_size"]
+    batch_size = batch_size or gen_cfg.batch_size
     stats = stats if stats is not None else GenerationStats()
     ids = encode_prompts(tokenizer, prompts)
     keys = chain_keys if chain_keys is not None else range(len(prompts))
@@ -197,8 +197,8 @@ def generate_texts(model, tokenizer, prompts, gen_cfg, batch_size=None, adapter_
     # one adapter's chains together, then long chains first: batches of similar shape
     chains.sort(key=lambda c: (adapter_names[c[0]] if adapter_names else "", -len(c), -len(ids[c[-1]])))
     kwargs = generation_kwargs(model, tokenizer, gen_cfg)
-    if gen_cfg["do_sample"]:
-        torch.manual_seed(gen_cfg["seed"])
+    if gen_cfg.do_sample:
+        torch.manual_seed(gen_cfg.seed)
     replies = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="turn", disable=not progress)
     if is_prefix_tuned(model):  # one prefix adapter at a time: each adapter's chains on their own

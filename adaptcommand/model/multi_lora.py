@@ -36,13 +36,18 @@ from adaptcommand.model.training import (
 
 
 class StackedLoRALinear(nn.Module):
-    """base(x) + scaling * B[i] A[i] dropout(x) for each example i's persona."""
+    """base(x) + scaling * B[i] A[i] dropout(x) for each example i's persona.
+
+    Each persona's A and B are parameters of their own, so that torch's AdamW keeps a param group per
+    persona (its own learning rate, step count and moments); a forward stacks them, one copy of K small
+    matrices."""
 
     def __init__(self, base, k, r, scaling, dropout):
         super().__init__()
         self.base, self.scaling = base, scaling
-        self.lora_A = nn.Parameter(torch.zeros(k, r, base.in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(k, base.out_features, r, device=base.weight.device))
+        device = base.weight.device
+        self.lora_A = nn.ParameterList([torch.zeros(r, base.in_features, device=device) for _ in range(k)])
+        self.lora_B = nn.ParameterList([torch.zeros(base.out_features, r, device=device) for _ in range(k)])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.index = None  # (batch,) persona slot of each example, set before each forward
 
@@ -50,22 +55,27 @@ class StackedLoRALinear(nn.Module):
         """As PEFT's LoRA layer computes it: the adapter in its own dtype (float32), added to the base output
         before one cast back to the base's dtype."""
         result = self.base(x)
-        a, b = self.lora_A[self.index], self.lora_B[self.index]
+        a, b = torch.stack(list(self.lora_A))[self.index], torch.stack(list(self.lora_B))[self.index]
         h = torch.einsum("bsi,bri->bsr", self.dropout(x).to(a.dtype), a)
         return (result + torch.einsum("bsr,bor->bso", h, b) * self.scaling).to(result.dtype)
 
 
 def inject(model, lora_cfg, k):
     """Replace each target linear with a stacked K-adapter layer; returns {module name: layer}."""
-    scaling = lora_cfg["alpha"] / lora_cfg["r"]
-    layers = replace_linears(model, lora_cfg["target_modules"],
-                             lambda linear: StackedLoRALinear(linear, k, lora_cfg["r"], scaling, lora_cfg["dropout"]))
+    scaling = lora_cfg.alpha / lora_cfg.r
+    layers = replace_linears(model, lora_cfg.target_modules,
+                             lambda linear: StackedLoRALinear(linear, k, lora_cfg.r, scaling, lora_cfg.dropout))
     for p in model.parameters():
         p.requires_grad_(False)
     for layer in layers.values():
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
     return layers
+
+
+def persona_params(layers, slot):
+    """One persona's adapter parameters, every layer's A and B."""
+    return [p for layer in layers.values() for p in (layer.lora_A[slot], layer.lora_B[slot])]
 
 
 def remove(model, layers):
@@ -89,63 +99,26 @@ def set_index(layers, index):
         layer.index = index
 
 
-class StackedAdamW:
-    """torch.optim.AdamW's update (foreach form) with a learning rate and step count per persona."""
-
-    def __init__(self, params, k, weight_decay, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.wd, self.betas, self.eps = params, weight_decay, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        self.steps = torch.zeros(k, dtype=torch.float64)
-
-    @torch.no_grad()
-    def step(self, lrs, active):
-        """lrs: (K,) learning rates; active: (K,) bool, the personas that had a batch this step."""
-        b1, b2 = self.betas
-        self.steps += active.double()
-        bc1 = 1 - b1 ** self.steps
-        bc2_sqrt = (1 - b2 ** self.steps).sqrt()
-        lr = torch.where(active, lrs.double(), torch.zeros_like(lrs.double()))  # 0: an idle persona stays put
-        decay, step_size = 1 - lr * self.wd, lr / bc1.clamp(min=1e-12)
-        for p, m, v in zip(self.params, self.m, self.v):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            per_slot = lambda x: x.to(dtype=p.dtype, device=p.device).view(shape)  # noqa: E731
-            act, g = active.to(p.device).view(shape), p.grad
-            p.mul_(per_slot(decay))
-            m.copy_(torch.where(act, m.lerp(g, 1 - b1), m))  # the moments of an idle persona must not decay
-            v.copy_(torch.where(act, v * b2 + (1 - b2) * g * g, v))
-            p.sub_(per_slot(step_size) * m / (v.sqrt() / per_slot(bc2_sqrt.clamp(min=1e-12)) + self.eps))
-            p.grad = None
-
-
-def clip_per_persona(params, max_norm):
-    """clip_grad_norm_ applied to each persona's slice of the stacked gradients separately."""
-    norms = torch.sqrt(sum((p.grad.float() ** 2).flatten(1).sum(dim=1) for p in params))
-    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for p in params:
-        p.grad.mul_(coef.view((-1,) + (1,) * (p.dim() - 1)).to(p.grad.dtype))
-
-
-def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=True):
+def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, seed, progress=True):
     """Train every slot's adapter together; each slot ends at its own best epoch. Returns a log per slot."""
     k = len(train_sets)
     device = next(model.parameters()).device
-    params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
-    optimizer = StackedAdamW(params, k, cfg["weight_decay"])
-    steps_per_epoch = [math.ceil(len(t) / cfg["batch_size"]) for t in train_sets]
+    groups = [{"params": persona_params(layers, slot)} for slot in range(k)]  # one per persona
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = [math.ceil(len(t) / cfg.batch_size) for t in train_sets]
     schedules = [lr_factor(cfg, s) for s in steps_per_epoch]  # each persona's, as trained alone
-    rngs = [random.Random(cfg["seed"]) for _ in range(k)]
-    trackers = [BestEpoch(cfg["early_stopping_patience"], len(t), len(v), cfg["select_by"]) for t, v in zip(train_sets, val_sets)]
+    rngs = [random.Random(seed) for _ in range(k)]
+    trackers = [BestEpoch(cfg.early_stopping_patience, len(t), len(v), cfg.select_by) for t, v in zip(train_sets, val_sets)]
     done, step_of = [False] * k, [0] * k
     route = lambda slots: set_index(layers, slots)  # noqa: E731
-    bar = tqdm(total=max(steps_per_epoch) * cfg["epochs"], desc=f"{k} adapters", unit="step", leave=False,
+    bar = tqdm(total=max(steps_per_epoch) * cfg.epochs, desc=f"{k} adapters", unit="step", leave=False,
                disable=not progress)
     model.train()
-    for _ in range(cfg["epochs"]):
+    for _ in range(cfg.epochs):
         live = [slot for slot in range(k) if not done[slot]]
         if not live:
             break
-        plans = {slot: epoch_batches(len(train_sets[slot]), cfg["batch_size"], rngs[slot]) for slot in live}
+        plans = {slot: epoch_batches(len(train_sets[slot]), cfg.batch_size, rngs[slot]) for slot in live}
         epoch_loss, epoch_tokens = [0.0] * k, [0] * k
         for t in range(max(len(p) for p in plans.values())):
             chunk = [(slot, train_sets[slot][i]) for slot in live if t < len(plans[slot]) for i in plans[slot][t]]
@@ -154,7 +127,7 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
                 tokens[slot] += sum(label != IGNORE for label in e["labels"][1:])
             chunk.sort(key=lambda item: len(item[1]["input_ids"]))  # similar lengths share a forward pass
             per_slot = torch.zeros(k)
-            width = cfg["micro_batch_size"] or len(chunk)
+            width = cfg.micro_batch_size or len(chunk)
             for m in range(0, len(chunk), width):
                 micro = chunk[m:m + width]
                 input_ids, attention, labels = (x.to(device) for x in collate([e for _, e in micro], pad_id))
@@ -165,13 +138,19 @@ def train_stacked(model, layers, train_sets, val_sets, cfg, pad_id, progress=Tru
                 per_slot.index_add_(0, slots.cpu(), sums.detach().cpu())
                 for slot in slots.unique().tolist():
                     trackers[slot].log["train_tokens"] += int(attention[slots == slot].sum())
-            active = torch.zeros(k, dtype=torch.bool)
-            active[[slot for slot, _ in chunk]] = True
-            clip_per_persona(params, cfg["max_grad_norm"])
-            lrs = torch.tensor([cfg["learning_rate"] * schedules[s](step_of[s]) for s in range(k)])
-            optimizer.step(lrs, active)
-            for slot in active.nonzero().flatten().tolist():
-                trackers[slot].end_step(float(per_slot[slot]) / max(int(tokens[slot]), 1), float(lrs[slot]))
+            active = sorted({slot for slot, _ in chunk})
+            for slot, group in enumerate(optimizer.param_groups):
+                if slot in active:  # as one persona's step alone: its clipping, its learning rate
+                    torch.nn.utils.clip_grad_norm_(group["params"], cfg.max_grad_norm)
+                    group["lr"] = cfg.learning_rate * schedules[slot](step_of[slot])
+                else:  # no batch this step: no update, no decay, no step counted
+                    for param in group["params"]:
+                        param.grad = None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for slot in active:
+                trackers[slot].end_step(float(per_slot[slot]) / max(int(tokens[slot]), 1),
+                                        optimizer.param_groups[slot]["lr"])
                 step_of[slot] += 1
                 epoch_loss[slot] += float(per_slot[slot])
                 epoch_tokens[slot] += int(tokens[slot])
@@ -212,19 +191,20 @@ def peft_init(model, lora, seed):
     return peft_model.unload(), weights
 
 
-def train_group(model, cfg, train_sets, val_sets, pad_id, progress=True):
-    """Train len(train_sets) adapters together on `model` (a plain base model, left as it was).
+def train_group(model, cfg, train_sets, val_sets, pad_id, seed, progress=True):
+    """Train len(train_sets) adapters of one seed together on `model` (a plain base model, left as it was).
 
     Returns (model, [per-slot {module name: (A, B)}], [per-slot training log, or TrainingDiverged]).
     """
-    model, init = peft_init(model, lora_config(cfg["lora"]), cfg["training"]["seed"])  # every slot starts alike
-    layers = inject(model, cfg["lora"], len(train_sets))
+    model, init = peft_init(model, lora_config(cfg.lora), seed)  # every slot starts alike
+    layers = inject(model, cfg.lora, len(train_sets))
     with torch.no_grad():
         for name, layer in layers.items():
-            layer.lora_A.copy_(init[name][0].expand_as(layer.lora_A))
-            layer.lora_B.copy_(init[name][1].expand_as(layer.lora_B))
+            for a, b in zip(layer.lora_A, layer.lora_B):
+                a.copy_(init[name][0])
+                b.copy_(init[name][1])
     try:
-        logs = train_stacked(model, layers, train_sets, val_sets, cfg["training"], pad_id, progress)
+        logs = train_stacked(model, layers, train_sets, val_sets, cfg.training, pad_id, seed, progress)
         states = [{name: (layer.lora_A[slot].detach().clone(), layer.lora_B[slot].detach().clone())
                    for name, layer in layers.items()} for slot in range(len(train_sets))]
     finally:
@@ -252,12 +232,12 @@ def export_adapters(model, lora, states, folders, logs):
 
 
 def train_in_groups(model, tokenizer, cfg, jobs, examples, extra_log, report):
-    """Train AdapterJobs K = training.parallel_personas at a time; `report(job, log, error)` after each.
+    """Train AdapterJobs of one seed K = training.parallel_personas at a time; `report(job, log, error)` after each.
 
     Returns the base model (the stacked layers are removed again after every group). A slot whose
     training diverged, or a group that fails, is reported failed and the others go on.
     """
-    k = cfg["training"]["parallel_personas"]
+    k = cfg.training.parallel_personas
     ready = []
     for job in jobs:
         if job.train:
@@ -269,12 +249,12 @@ def train_in_groups(model, tokenizer, cfg, jobs, examples, extra_log, report):
         try:
             train_sets = [select_examples(examples, job.train) for job in group]
             val_sets = [select_examples(examples, job.val) for job in group]
-            model, states, logs = train_group(model, cfg, train_sets, val_sets, tokenizer.pad_token_id)
+            model, states, logs = train_group(model, cfg, train_sets, val_sets, tokenizer.pad_token_id, group[0].seed)
             kept = [slot for slot, log in enumerate(logs) if not isinstance(log, Exception)]
             for slot in kept:
                 logs[slot].update(extra_log, persona_id=group[slot].name,
                                   truncated_examples=truncated_count(train_sets[slot]))
-            model = export_adapters(model, lora_config(cfg["lora"]), [states[s] for s in kept],
+            model = export_adapters(model, lora_config(cfg.lora), [states[s] for s in kept],
                                     [group[s].folder for s in kept], [logs[s] for s in kept])
         except (OSError, ValueError, RuntimeError) as err:
             for job in group:

@@ -21,11 +21,11 @@ def compact_dialog(messages, max_messages, max_chars=160):
 
 
 def system_prompt(prompt_cfg, character=None, retrieved=()):
-    parts = [prompt_cfg["system_template"]]
-    if prompt_cfg["include_character"] and character:
+    parts = [prompt_cfg.system_template]
+    if prompt_cfg.include_character and character:
         parts.append(f"{CHARACTER_HEADER} {character}")
     if retrieved:
-        lines = [f"[{i}] {compact_dialog(d['messages'], prompt_cfg['retrieved_max_messages'])}"
+        lines = [f"[{i}] {compact_dialog(d['messages'], prompt_cfg.retrieved_max_messages)}"
                  for i, d in enumerate(retrieved, start=1)]
         parts.append(RETRIEVED_HEADER + "\n" + "\n".join(lines))
     return "\n\n".join(parts)
@@ -38,7 +38,7 @@ def chat_messages(system, messages):
 def build_turn_messages(dialog, turn_index, prompt_cfg, retrieved=()):
     """Chat messages to predict dialog['messages'][turn_index] from the history before it."""
     history = dialog["messages"][:turn_index]
-    keep = prompt_cfg["max_context_messages"]
+    keep = prompt_cfg.max_context_messages
     history = history[-keep:] if keep > 0 else []
     return chat_messages(system_prompt(prompt_cfg, dialog.get("character"), retrieved), history)
 

@@ -32,6 +32,7 @@ warmup/decay cycle (warm restarts): whichever epoch is kept, its weights come fr
 that had decayed to 0, never from the middle of a longer schedule.
 """
 
+import dataclasses
 import math
 import random
 import time
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 
 from adaptcommand.data.data_io import UserError
 from adaptcommand.model.adapters import peft_config, prefix_inputs, save_adapter
-from adaptcommand.model.config import PREFIX_ARMS
+from adaptcommand.model.arm_registry import ARMS, PREFIX
 from adaptcommand.model.prompting import chat_messages, system_prompt
 
 IGNORE = -100
@@ -156,14 +157,14 @@ def tokenized_dialogs(tokenizer, dialogs_path, prompt_cfg, max_seq_length, loss_
     """
     from datasets import load_dataset
 
-    if prompt_cfg["retrieval"]:
+    if prompt_cfg.retrieval:
         raise UserError("training with retrieved dialogues in the prompt is not supported: set prompt.retrieval "
                         "to false in the training config (the retrieval arm is a prompt-only arm)")
     dialogs = load_dataset("json", data_files=str(dialogs_path), split="train")
     spans = {str(i): [list(s) for s in v] for i, v in sorted((value_spans or {}).items())}
     return dialogs.map(_example_columns, with_indices=True, remove_columns=dialogs.column_names,
                        desc="tokenizing dialogues",
-                       fn_kwargs={"tokenizer": tokenizer, "prompt_cfg": dict(prompt_cfg), "max_seq_length": max_seq_length,
+                       fn_kwargs={"tokenizer": tokenizer, "prompt_cfg": prompt_cfg, "max_seq_length": max_seq_length,
                                   "loss_on": loss_on, "value_spans": spans})
 
 
@@ -313,9 +314,9 @@ def lr_factor(cfg, steps_per_epoch):
     epochs (module docstring)."""
     from transformers import get_linear_schedule_with_warmup
 
-    cycle = steps_per_epoch * (cfg["epochs"] if cfg["select_by"] == "last" else 1)
+    cycle = steps_per_epoch * (cfg.epochs if cfg.select_by == "last" else 1)
     probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
-    base = get_linear_schedule_with_warmup(probe, int(cfg["warmup_ratio"] * cycle), cycle).lr_lambdas[0]
+    base = get_linear_schedule_with_warmup(probe, int(cfg.warmup_ratio * cycle), cycle).lr_lambdas[0]
     return lambda step: base(step % cycle)
 
 
@@ -388,28 +389,28 @@ def load_trainable_state(model, state):
             params[k].copy_(v)
 
 
-def train_adapter(model, train_examples, val_examples, cfg, pad_id, desc="training", progress=True):
+def train_adapter(model, train_examples, val_examples, cfg, pad_id, seed, desc="training", progress=True):
     """Train the model's trainable (LoRA) parameters; keep the epoch training.select_by selects.
 
-    cfg: the config's `training` section. Returns the training log.
+    cfg: the config's `training` section; seed: the run's (it orders the batches). Returns the training log.
     """
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    steps_per_epoch = math.ceil(len(train_examples) / cfg["batch_size"])
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-    rng = random.Random(cfg["seed"])
-    tracker = BestEpoch(cfg["early_stopping_patience"], len(train_examples), len(val_examples), cfg["select_by"])
-    bar = tqdm(total=steps_per_epoch * cfg["epochs"], desc=desc, unit="step", leave=False, disable=not progress)
+    rng = random.Random(seed)
+    tracker = BestEpoch(cfg.early_stopping_patience, len(train_examples), len(val_examples), cfg.select_by)
+    bar = tqdm(total=steps_per_epoch * cfg.epochs, desc=desc, unit="step", leave=False, disable=not progress)
     model.train()
-    for _ in range(cfg["epochs"]):
+    for _ in range(cfg.epochs):
         loss_total, tokens_total = 0.0, 0
-        for batch_ix in epoch_batches(len(train_examples), cfg["batch_size"], rng):
+        for batch_ix in epoch_batches(len(train_examples), cfg.batch_size, rng):
             input_ids, attention, labels = (t.to(device) for t in collate([train_examples[i] for i in batch_ix], pad_id))
             sums, counts = supervised_losses(model, input_ids, attention, labels)
             loss_sum, n = sums.sum(), int(counts.sum())
             (loss_sum / max(n, 1)).backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             tracker.end_step(loss_sum.item() / max(n, 1), optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
@@ -432,9 +433,9 @@ def training_settings(cfg, arm):
     """The `training` section an arm trains with: for the prefix arms with `prefix.learning_rate` where set
     (a prefix is a few vectors trained from a random start, not a low-rank change of trained weights, and
     needs another step size than LoRA)."""
-    if arm in PREFIX_ARMS and cfg["prefix"]["learning_rate"] is not None:
-        return {**cfg["training"], "learning_rate": cfg["prefix"]["learning_rate"]}
-    return cfg["training"]
+    if ARMS[arm].kind == PREFIX and cfg.prefix.learning_rate is not None:
+        return dataclasses.replace(cfg.training, learning_rate=cfg.prefix.learning_rate)
+    return cfg.training
 
 
 class AdapterTrainer:
@@ -451,25 +452,25 @@ class AdapterTrainer:
             raise UserError("no train dialogues")
         train_examples = select_examples(self.examples, job.train)
         val_examples = select_examples(self.examples, job.val)
-        adapter = self.fresh_adapter(f"job_{job.name}_s{job.seed}")
+        adapter = self.fresh_adapter(f"job_{job.name}_s{job.seed}", job.seed)
         try:
             log = train_adapter(self.peft_model, train_examples, val_examples, training_settings(self.cfg, self.arm),
-                                self.tokenizer.pad_token_id, desc=job.name)
+                                self.tokenizer.pad_token_id, job.seed, desc=job.name)
             log.update(extra_log, persona_id=job.name, truncated_examples=truncated_count(train_examples))
             save_adapter(self.peft_model, adapter, job.folder, log)
         finally:
             self.release(adapter)
         return log
 
-    def fresh_adapter(self, adapter):
-        """A new active adapter, initialised from the configured seed (same persona, same start). A prefix
+    def fresh_adapter(self, adapter, seed):
+        """A new active adapter, initialised from the job's seed (same persona, same start). A prefix
         adapter gets a fresh PEFT wrapper of its own: prefix tuning leaves the base model's modules as
         they are, so wrapping it again costs nothing."""
         from peft import get_peft_model
 
-        torch.manual_seed(self.cfg["training"]["seed"])
+        torch.manual_seed(seed)
         config = peft_config(self.cfg, self.arm)
-        if self.peft_model is None or self.arm in PREFIX_ARMS:
+        if self.peft_model is None or ARMS[self.arm].kind == PREFIX:
             self.peft_model = get_peft_model(self.model, config, adapter_name=adapter)
         else:
             self.peft_model.add_adapter(adapter, config)
@@ -478,7 +479,7 @@ class AdapterTrainer:
 
     def release(self, adapter):
         """Drop a finished adapter (PEFT keeps the last one: a model needs at least one)."""
-        if self.arm in PREFIX_ARMS:
+        if ARMS[self.arm].kind == PREFIX:
             self.peft_model = None
         elif len(self.peft_model.peft_config) > 1:
             self.peft_model.delete_adapter(adapter)
