@@ -217,9 +217,9 @@ control-diagnosis:
 		--set adapters.lora_per_user_on_all=$(DIAGNOSIS_ADAPTERS) --output_dir results/controls/$(call control_run,positive)_4epochs_last
 
 # The real study at full size on a model that computes almost nothing (benchmarks/rehearsal.py): every stage of
-# the real configs on REHEARSAL_PERSONAS generated personas, timed stage by stage. Shortened by default (20 sessions,
+# the real configs on REHEARSAL_PERSONAS generated personas, timed stage by stage. Shortened by default (12 sessions,
 # 3 train dialogues per adapter, one seed, one epoch, 8 new tokens); REHEARSAL_FULL=--full keeps 50 sessions and the
-# real seeds, epochs and generation.
+# real seeds, epochs and generation. The scaling table of finished runs: $(PY) benchmarks/rehearsal.py --table 25 50 200
 REHEARSAL_PERSONAS ?= 200
 REHEARSAL_FULL ?=
 rehearsal:

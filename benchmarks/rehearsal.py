@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rehearsal.py --personas 200            # `make rehearsal REHEARSAL_PERSONAS=200`
     .venv/bin/python benchmarks/rehearsal.py --personas 25 --full      # the real configs' seeds, epochs, generation
+    .venv/bin/python benchmarks/rehearsal.py --table 25 50 200          # the scaling table of finished runs
 
 Every stage of the real study, with the real configs (configs/lora_training.json, configs/lora_eval.json):
 demo data in the real raw format (--personas x --sessions, seed 0), clean, split, every training scope
@@ -60,13 +61,44 @@ def run_stage(name, command, users, models, logs):
     return row
 
 
+def scaling_table(runs):
+    """Markdown: each stage's seconds per user and peak memory at each size of `runs` (rehearsal.json contents,
+    smallest first), and each against the smallest. The data, clean and split stages (under a second) are
+    left out."""
+    first, sizes = runs[0], [run["personas"] for run in runs]
+    stages = [row["stage"] for row in first["stages"] if row["stage"] not in ("model", "data", "clean", "split")]
+    by_size = [{row["stage"]: row for row in run["stages"]} for run in runs]
+    head = ["stage"] + [f"{n}: s/user" for n in sizes] + [f"{n}: peak MB" for n in sizes]
+    head += [f"s/user {n} vs {sizes[0]}" for n in sizes[1:]] + [f"peak {n} vs {sizes[0]}" for n in sizes[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for stage in stages:
+        rows = [rows_of[stage] for rows_of in by_size]
+        cells = [f"{r['seconds_per_user']:.3f}" for r in rows] + [str(r["peak_rss_mb"]) for r in rows]
+        cells += [f"{r['seconds_per_user'] / rows[0]['seconds_per_user']:.2f}x" for r in rows[1:]]
+        cells += [f"{r['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x" for r in rows[1:]]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    per_user = [run["seconds"] / run["personas"] for run in runs]
+    cells = [f"{x:.2f}" for x in per_user] + [""] * len(runs) + [f"{x / per_user[0]:.2f}x" for x in per_user[1:]]
+    lines.append("| all stages | " + " | ".join(cells + [""] * (len(runs) - 1)) + " |")
+    lines.append("| minutes in all | " + " | ".join([f"{run['seconds'] / 60:.1f}" for run in runs]
+                                                    + [""] * (len(head) - 1 - len(runs))) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--personas", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=None, help="sessions per persona (default: 12; --full: 50)")
     parser.add_argument("--full", action="store_true", help="the real configs' seeds, epochs and new tokens")
-    parser.add_argument("--root", default=None, help="default: data|models|results/rehearsal/<personas>")
+    parser.add_argument("--table", type=int, nargs="+", metavar="PERSONAS",
+                        help="print the scaling table of finished runs at these sizes (their rehearsal.json) and stop")
     args = parser.parse_args()
+    if args.table:
+        suffix = "_full" if args.full else ""
+        runs = [json.loads((ROOT / "results" / "rehearsal" / f"{n}{suffix}" / "rehearsal.json").read_text())
+                for n in sorted(args.table)]
+        print(scaling_table(runs))
+        return 0
     args.sessions = args.sessions or (50 if args.full else 12)
     name = f"rehearsal/{args.personas}" + ("_full" if args.full else "")
     data, models, results = (ROOT / kind / name for kind in ("data", "models", "results"))
