@@ -5,10 +5,11 @@
 The same cloze items (the stated routine values of a fresh demo dataset's test sessions, every candidate of
 each: 101 for an integer parameter), the config's model and prompt, no adapter, scored two ways after the
 same shared prefill:
-- ours: every candidate of an item in one row after the prefix's cache, under a tree mask
-  (adaptcommand/evaluation/cloze.py, `_tail_logprobs`);
-- reference: one batch row per candidate, each with its own copy of the prefix's cache (what the cloze
-  did before).
+- ours: every candidate of every item of one dialogue's prefill in one row after the cache, under a tree
+  mask, the vocabulary projected only where a next token is scored (adaptcommand/evaluation/cloze.py,
+  `_tail_logprobs`);
+- reference: per item, one batch row per candidate, each with its own copy of the prefix's cache (what
+  the cloze did first).
 Both must give the same top-1 on every item; the largest score difference is printed.
 """
 
@@ -27,10 +28,14 @@ from adaptcommand.model.generation import turn_cache
 from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
-def reference_tail_logprobs(runner, cache, length, first, tails, adapter, pad_id=0):
-    """The former scoring: the tails right-padded in a batch (the pads are masked), the prefix's cache copied
-    into every row."""
-    device = first.device
+def reference_tail_logprobs(runner, cache, items, names, pad_id=0):
+    """The first scoring: per item, its tails right-padded in a batch (the pads are masked), the prefix's
+    cache copied into every row, one forward each."""
+    return [_reference_item(runner, cache, item, names, pad_id) for item in items]
+
+
+def _reference_item(runner, cache, item, names, pad_id):
+    device, length, tails = item.first.device, item.length, item.tails
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(tails), length + width), dtype=torch.long, device=device)
@@ -38,12 +43,12 @@ def reference_tail_logprobs(runner, cache, length, first, tails, adapter, pad_id
     for row, tail in enumerate(tails):
         ids[row, : len(tail)] = torch.tensor(tail, device=device)
         mask[row, length: length + len(tail)] = 1
-    names = {} if adapter is None else {"adapter_names": [adapter] * len(tails)}
+    row_names = {"adapter_names": names["adapter_names"] * len(tails)} if "adapter_names" in names else {}
     rows = turn_cache(runner, [(cache, 0, 0)] * len(tails), [length] * len(tails))
-    logp = torch.log_softmax(runner(input_ids=ids, attention_mask=mask, cache=rows, **names).logits.float(), dim=-1)
+    logp = torch.log_softmax(runner(input_ids=ids, attention_mask=mask, cache=rows, **row_names).logits.float(), dim=-1)
     scores = []
     for row, tail in enumerate(tails):
-        total = first[tail[0]]
+        total = item.first[tail[0]]
         for j in range(1, len(tail)):
             total = total + logp[row, j - 1, tail[j]]
         scores.append(float(total))
@@ -92,7 +97,8 @@ def main():
     ref_s, ref, ref_results = timed_scores(reference_tail_logprobs, model, tokenizer, dialogs, items, cfg.prompt,
                                            habits)
     same_top1 = sum(a.correct == b.correct for a, b in zip(ours_results, ref_results))
-    largest = max(abs(a - b) for mine, theirs in zip(ours, ref) for a, b in zip(mine, theirs))
+    largest = max(abs(a - b) for mine, theirs in zip(ours, ref) for item_a, item_b in zip(mine, theirs)
+                  for a, b in zip(item_a, item_b))
     print(f"same top-1 on {same_top1}/{len(items)} items; largest score difference {largest:.2e}")
     print(f"ours {ours_s:.1f} s ({len(items) / ours_s:.2f} items/s), reference {ref_s:.1f} s "
           f"({len(items) / ref_s:.2f} items/s)")

@@ -132,14 +132,16 @@ def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
     cfg = replace(defaults().prompt, system_template="S")
     sequences = [item_sequences(tokenizer, dialogs[0], item, cfg) for item in items]
     assert len(items) == 3 and all(a[0] == b[0][:len(a[0])] for a, b in zip(sequences, sequences[1:]))
-    prefills = []
+    prefills, tail_passes = [], []
     hook = model.get_base_model().register_forward_pre_hook(
-        lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape) if kwargs.get("cache") is None else None,
-        with_kwargs=True)
+        lambda module, args, kwargs: (prefills if kwargs.get("cache") is None else tail_passes).append(
+            kwargs["input_ids"].shape), with_kwargs=True)
     for adapter in ("p1", "__base__"):
         prefills.clear()
+        tail_passes.clear()
         shared = shared_prefix_logprobs(model, sequences, adapter)
         assert prefills == [(1, len(sequences[-1][0]))]  # the longest prefix, once
+        assert tail_passes == [(1, sum(len(t) for _, tails in sequences for t in tails))]  # every tail in one pass
         for (prefix, tails), scores in zip(sequences, shared):
             assert scores == pytest.approx(candidate_logprobs(model, prefix, tails, adapter),
                                            abs=1e-4)

@@ -227,10 +227,36 @@ def shared_prefix_logprobs(model, sequences, adapter=None):
         out = runner(input_ids=torch.tensor([longest], device=device), attention_mask=mask, use_cache=True,
                      logits_to_keep=torch.tensor(positions, device=device), **prefix, **names)
         first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
-        for i in members:
-            prefix, tails = sequences[i]
-            scores[i] = _tail_logprobs(runner, out.cache, offset + len(prefix), first[len(prefix) - 1], tails, names)
+        for chunk in _token_budget_chunks(members, [sum(map(len, sequences[i][1])) for i in members]):
+            items = [TailSet(offset + len(sequences[i][0]), first[len(sequences[i][0]) - 1], sequences[i][1])
+                     for i in chunk]
+            for i, item_scores in zip(chunk, _tail_logprobs(runner, out.cache, items, names)):
+                scores[i] = item_scores
     return scores
+
+
+@dataclass(frozen=True)
+class TailSet:
+    """One item's candidate tails after the first `length` cached positions; first: the log-probabilities of
+    the token after them."""
+    length: int
+    first: torch.Tensor
+    tails: list
+
+
+TAIL_TOKENS = 2048  # tail tokens per forward: bounds the logits (scored positions x vocabulary) of one pass
+
+
+def _token_budget_chunks(members, sizes, budget=TAIL_TOKENS):
+    """members in runs whose sizes add up to at most `budget` (a member over it alone)."""
+    chunks, total = [], budget
+    for member, size in zip(members, sizes):
+        if total + size > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(member)
+        total += size
+    return chunks
 
 
 def adapter_kwargs(model, adapter):
@@ -244,41 +270,49 @@ def adapter_kwargs(model, adapter):
     return {"adapter_names": [adapter]}
 
 
-def _tail_logprobs(runner, cache, length, first, tails, names):
-    """Each tail's log-probability after the first `length` cached positions of a one-row cache (first: the
-    log-probabilities of the token after them), run through `runner` with `names` (adapter_kwargs): for a
-    prefix-tuned model its base model, since the cache already holds the prefix that the PEFT model would
-    prepend again.
+def _tail_logprobs(runner, cache, items, names):
+    """Each TailSet's tails' log-probabilities after its own first `length` positions of a one-row cache, run
+    through `runner` with `names` (adapter_kwargs): for a prefix-tuned model its base model, since the cache
+    already holds the prefix that the PEFT model would prepend again.
 
-    Every tail goes into one row after the cache, under a tree mask: a tail's tokens see the cached positions
-    and their own tail's earlier tokens, at the positions they would have alone. So the cache is read once for
-    all candidates (an integer parameter has 101) instead of copied into a batch row for each of them
-    (benchmarks/bench_cloze.py); the scores are the same (tests/test_cloze.py)."""
-    device = first.device
+    Every tail of every item goes into one row after the cache, under a tree mask: a tail's tokens see its
+    item's cached positions and their own tail's earlier tokens, at the positions they would have alone. So a
+    dialogue's cache is read once for all its items and all their candidates (an integer parameter has 101)
+    instead of copied into a batch row for each of them (benchmarks/bench_cloze.py), and one forward serves
+    them all; the scores are the same (tests/test_cloze.py)."""
+    device = items[0].first.device
+    tails = [tail for item in items for tail in item.tails]
     sizes = torch.tensor([len(t) for t in tails], device=device)
     owner = torch.repeat_interleave(torch.arange(len(tails), device=device), sizes)
     within = torch.cat([torch.arange(len(t), device=device) for t in tails])
+    seen = torch.repeat_interleave(torch.tensor([item.length for item in items for _ in item.tails], device=device), sizes)
     ids = torch.tensor([[token for tail in tails for token in tail]], device=device)
     # the vocabulary projection runs only where a tail's next token is scored, not on each tail's last token
     # (about half the positions, and most of a tiny model's cost: benchmarks/bench_cloze.py)
     scored = torch.nonzero(within[1:] > 0).flatten()
-    totals = first[ids[0, within == 0]].float()
+    totals = torch.cat([item.first[[tail[0] for tail in item.tails]] for item in items]).float()
     if len(scored):
-        mask = _tree_mask(runner, length, owner, within)
+        length = max(item.length for item in items)
         row = turn_cache(runner, [(cache, 0, 0)], [length])
-        logits = runner(input_ids=ids, attention_mask=mask, position_ids=(length + within)[None], cache=row,
-                        logits_to_keep=scored, **names).logits[0].float()
+        logits = runner(input_ids=ids, attention_mask=_tree_mask(runner, length, seen, owner, within),
+                        position_ids=(seen + within)[None], cache=row, logits_to_keep=scored, **names).logits[0].float()
         token_logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, scored + 1, None])[:, 0]
         totals = totals.index_add(0, owner[scored + 1], token_logp)
-    return totals.tolist()
+    scores, start = totals.tolist(), 0
+    out = []
+    for item in items:
+        out.append(scores[start:start + len(item.tails)])
+        start += len(item.tails)
+    return out
 
 
-def _tree_mask(runner, length, owner, within):
-    """The 4-D attention mask (1, 1, tail tokens, length + tail tokens) of tails packed in one row: every
-    token sees the `length` cached positions, and a tail token its own tail up to itself. Boolean (True:
-    attend) for SDPA, additive (0 / the dtype's minimum) for eager attention."""
+def _tree_mask(runner, length, seen, owner, within):
+    """The 4-D attention mask (1, 1, tail tokens, length + tail tokens) of tails packed in one row: a token
+    sees the first `seen` of the `length` cached positions (its item's prefix), and a tail token its own tail
+    up to itself. Boolean (True: attend) for SDPA, additive (0 / the dtype's minimum) for eager attention."""
     n = owner.shape[0]
-    allowed = torch.ones((n, length + n), dtype=torch.bool, device=owner.device)
+    allowed = torch.empty((n, length + n), dtype=torch.bool, device=owner.device)
+    allowed[:, :length] = torch.arange(length, device=owner.device)[None, :] < seen[:, None]
     allowed[:, length:] = (owner[:, None] == owner[None, :]) & (within[:, None] >= within[None, :])
     if runner.config._attn_implementation == "eager":
         dtype = next(runner.parameters()).dtype
