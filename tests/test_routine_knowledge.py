@@ -24,7 +24,7 @@ from adaptcommand.evaluation.routine_knowledge import (
     turn_knowledge,
     usual_settings,
 )
-from adaptcommand.model.arm_registry import POLICY, arms_of
+from adaptcommand.model.arm_registry import POLICY, REGISTRY
 
 extract = ActionExtractor().extract_actions
 ROUTINE = {"triggers": {"time_of_day": "evening"},
@@ -253,7 +253,7 @@ def score_policies(dialogs, policies):
 def policy_scores():
     """Per policy, per-persona metrics on the demo test split (20 personas)."""
     dialogs, _, _ = clean_rows(generate(20, 20, seed=11))
-    return score_policies(dialogs, {arm: None for arm in arms_of(POLICY)})
+    return score_policies(dialogs, {arm.name: None for arm in REGISTRY if arm.kind == POLICY})
 
 
 def test_silence_and_echo_score_nothing_and_memory_scores_high(policy_scores):

@@ -288,7 +288,6 @@ def _tail_logprobs(runner, cache, items, names):
     seen = torch.repeat_interleave(torch.tensor([item.length for item in items for _ in item.tails], device=device), sizes)
     ids = torch.tensor([[token for tail in tails for token in tail]], device=device)
     # the vocabulary projection runs only where a tail's next token is scored, not on each tail's last token
-    # (about half the positions, and most of a tiny model's cost: benchmarks/bench_cloze.py)
     scored = torch.nonzero(within[1:] > 0).flatten()
     totals = torch.cat([item.first[[tail[0] for tail in item.tails]] for item in items]).float()
     if len(scored):
@@ -298,12 +297,7 @@ def _tail_logprobs(runner, cache, items, names):
                         position_ids=(seen + within)[None], cache=row, logits_to_keep=scored, **names).logits[0].float()
         token_logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, scored + 1, None])[:, 0]
         totals = totals.index_add(0, owner[scored + 1], token_logp)
-    scores, start = totals.tolist(), 0
-    out = []
-    for item in items:
-        out.append(scores[start:start + len(item.tails)])
-        start += len(item.tails)
-    return out
+    return [part.tolist() for part in totals.split([len(item.tails) for item in items])]
 
 
 def _tree_mask(runner, length, seen, owner, within):

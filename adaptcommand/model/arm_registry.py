@@ -28,10 +28,6 @@ class Arm:
     def has_adapters(self):
         return self.kind in (LORA, PREFIX)
 
-    @property
-    def needs_model(self):
-        return self.kind != POLICY
-
     def adapter_name(self, persona=None, seed=0):
         """The PEFT adapter name of one persona's (a unified arm: the) adapter of one seed."""
         return f"{self.peft_name}_s{seed}" if self.unified else f"{self.peft_name}_{persona}_s{seed}"
@@ -73,11 +69,6 @@ REGISTRY = (
 )
 ARMS = {arm.name: arm for arm in REGISTRY}
 SCOPES = {arm.scope: arm for arm in REGISTRY if arm.scope}  # training scope -> the arm it writes
-
-
-def arms_of(kind):
-    """The names of the registry's arms of one kind, in registry order."""
-    return tuple(arm.name for arm in REGISTRY if arm.kind == kind)
 
 
 def arm_prompt(arm, prompt_cfg):

@@ -44,12 +44,14 @@ def setting(default, low=None, high=None, above=None, choices=None, check=None):
     return field(default=default, metadata=meta)
 
 
+def _repeat_problem(value):
+    return f"repeats a name: {value}" if len(set(value)) != len(value) else None
+
+
 def _names_problem(value):
     if not value or not all(isinstance(v, str) and v for v in value):
         return "must be a non-empty list of names"
-    if len(set(value)) != len(value):
-        return f"repeats a name: {value}"
-    return None
+    return _repeat_problem(value)
 
 
 def _arms_problem(value):
@@ -60,7 +62,7 @@ def _arms_problem(value):
 def _seeds_problem(value):
     if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
         return f"must be a non-empty list of integers >= 0, got {json.dumps(value)}"
-    return None if len(set(value)) == len(value) else f"repeats a name: {value}"
+    return _repeat_problem(value)
 
 
 def _metric_problem(name):
