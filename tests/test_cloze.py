@@ -7,6 +7,7 @@ import torch
 
 from adaptcommand.evaluation.action_metrics import ActionExtractor
 from adaptcommand.evaluation.cloze import (
+    TailTree,
     candidate_logprobs,
     candidate_token_ids,
     cloze_items,
@@ -141,11 +142,25 @@ def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
         tail_passes.clear()
         shared = shared_prefix_logprobs(model, sequences, adapter)
         assert prefills == [(1, len(sequences[-1][0]))]  # the longest prefix, once
-        assert tail_passes == [(1, sum(len(t) for _, tails in sequences for t in tails))]  # every tail in one pass
+        # every candidate of every item in one pass: a row per item, as wide as the largest item's token trie
+        assert tail_passes == [(len(items), max(len(TailTree.of(tails).tokens) for _, tails in sequences))]
         for (prefix, tails), scores in zip(sequences, shared):
             assert scores == pytest.approx(candidate_logprobs(model, prefix, tails, adapter),
                                            abs=1e-4)
     hook.remove()
+
+
+def test_candidates_sharing_leading_tokens_share_trie_nodes():
+    tree = TailTree.of([[7, 1, 9], [7, 2, 9], [8, 9], [7, 1, 5]])
+    # 7, 7-1, 7-2 and 8 lead to a next token (scored after them): 8 nodes in all against 11 tail tokens
+    assert len(tree.tokens) == 8 and tree.scored == 4
+    assert all(tree.parent[k] >= len(tree.tokens) - tree.scored for k in range(len(tree.tokens)) if tree.parent[k] >= 0)
+    for tail, path in zip([[7, 1, 9], [7, 2, 9], [8, 9], [7, 1, 5]], tree.paths):
+        assert [tree.tokens[k] for k in path] == tail and [tree.depth[k] for k in path] == list(range(len(tail)))
+        assert all(tree.parent[child] == parent for parent, child in zip(path, path[1:]))
+    seen = tree.ancestry()
+    last = tree.paths[0][-1]  # 9 after 7-1 sees 7, 1 and itself, not 2 or the other 9s
+    assert sorted(seen[last].nonzero().flatten().tolist()) == sorted(tree.paths[0])
 
 
 def test_score_items_marks_the_argmax(tiny_model):

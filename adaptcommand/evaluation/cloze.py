@@ -14,9 +14,9 @@ categories, or every integer of the parameter's range. Only knowledge can win:
 
 An item is correct when the user's actual value has the highest log-probability.
 
-No generation: one forward pass over the prefix and one over all the candidates, packed in one row
-after its KV cache; the items of one dialogue share one prefill where their prompts extend each
-other. So it is cheap on a CPU, and it measures knowledge even where replies ask back.
+No generation: one forward pass over the prefix and one over all the candidates, each item's
+candidates a token trie in one batch row after its KV cache; the items of one dialogue share one
+prefill where their prompts extend each other. So it is cheap on a CPU, and it measures knowledge even where replies ask back.
 Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
 always answering the most common value of that parameter in every user's train dialogues
 (majority), and always answering this user's own most common train value (habit; the population's
@@ -227,10 +227,11 @@ def shared_prefix_logprobs(model, sequences, adapter=None):
         out = runner(input_ids=torch.tensor([longest], device=device), attention_mask=mask, use_cache=True,
                      logits_to_keep=torch.tensor(positions, device=device), **prefix, **names)
         first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
-        for chunk in _token_budget_chunks(members, [sum(map(len, sequences[i][1])) for i in members]):
-            items = [TailSet(offset + len(sequences[i][0]), first[len(sequences[i][0]) - 1], sequences[i][1])
-                     for i in chunk]
-            for i, item_scores in zip(chunk, _tail_logprobs(runner, out.cache, items, names)):
+        tails = {i: TailSet(offset + len(sequences[i][0]), first[len(sequences[i][0]) - 1], sequences[i][1],
+                            TailTree.of(sequences[i][1])) for i in members}
+        members.sort(key=lambda i: -len(tails[i].tree.tokens))  # rows of like width share a pass
+        for chunk in _token_budget_chunks(members, [len(tails[i].tree.tokens) for i in members]):
+            for i, item_scores in zip(chunk, _tail_logprobs(runner, out.cache, [tails[i] for i in chunk], names)):
                 scores[i] = item_scores
     return scores
 
@@ -242,20 +243,62 @@ class TailSet:
     length: int
     first: torch.Tensor
     tails: list
+    tree: "TailTree"
 
 
-TAIL_TOKENS = 2048  # tail tokens per forward: bounds the logits (scored positions x vocabulary) of one pass
+@dataclass(frozen=True)
+class TailTree:
+    """An item's candidate tails as a token trie: candidates sharing their first tokens share those nodes
+    (an integer parameter's 101 candidates share their leading digits), so each shared token is run and
+    projected onto the vocabulary once. Node k is `tokens[k]` at `depth[k]` under node `parent[k]` (-1: a
+    first token); `paths[c]` lists candidate c's nodes in order. Internal nodes (a next token is scored
+    after them) come last, so a row's scored positions are its final `scored` ones."""
+    tokens: list
+    parent: list
+    depth: list
+    paths: list
+    scored: int
+
+    @classmethod
+    def of(cls, tails):
+        node_of, tokens, parent, depth = {}, [], [], []
+        for tail in tails:
+            for j in range(len(tail)):
+                key = tuple(tail[:j + 1])
+                if key not in node_of:
+                    node_of[key] = len(tokens)
+                    tokens.append(tail[j])
+                    parent.append(node_of[key[:-1]] if j else -1)
+                    depth.append(j)
+        internal = {node_of[tuple(tail[:j + 1])] for tail in tails for j in range(len(tail) - 1)}
+        order = [k for k in range(len(tokens)) if k not in internal] + sorted(internal)
+        new = {old: k for k, old in enumerate(order)}
+        return cls([tokens[k] for k in order], [new[parent[k]] if parent[k] >= 0 else -1 for k in order],
+                   [depth[k] for k in order], [[new[node_of[tuple(tail[:j + 1])]] for j in range(len(tail))]
+                                               for tail in tails], len(internal))
+
+    def ancestry(self):
+        """(nodes, nodes) boolean: node i sees node j where j is i or one of its ancestors."""
+        seen = torch.eye(len(self.tokens), dtype=torch.bool)
+        for k, parent in enumerate(self.parent):
+            while parent >= 0:
+                seen[k, parent] = True
+                parent = self.parent[parent]
+        return seen
+
+
+TAIL_TOKENS = 2048  # padded tail tokens (rows x longest row) per forward: bounds one pass's activations
 
 
 def _token_budget_chunks(members, sizes, budget=TAIL_TOKENS):
-    """members in runs whose sizes add up to at most `budget` (a member over it alone)."""
-    chunks, total = [], budget
+    """members in runs whose padded size (count x largest size) stays within `budget` (a member over it alone)."""
+    chunks, largest = [], 0
     for member, size in zip(members, sizes):
-        if total + size > budget:
+        if not chunks or (len(chunks[-1]) + 1) * max(largest, size) > budget:
             chunks.append([])
-            total = 0
+            largest = 0
         chunks[-1].append(member)
-        total += size
+        largest = max(largest, size)
     return chunks
 
 
@@ -275,44 +318,60 @@ def _tail_logprobs(runner, cache, items, names):
     through `runner` with `names` (adapter_kwargs): for a prefix-tuned model its base model, since the cache
     already holds the prefix that the PEFT model would prepend again.
 
-    Every tail of every item goes into one row after the cache, under a tree mask: a tail's tokens see its
-    item's cached positions and their own tail's earlier tokens, at the positions they would have alone. So a
-    dialogue's cache is read once for all its items and all their candidates (an integer parameter has 101)
-    instead of copied into a batch row for each of them (benchmarks/bench_cloze.py), and one forward serves
-    them all; the scores are the same (tests/test_cloze.py)."""
+    One batch row per item: its prefix's cached positions (left-padded to the longest item's) and then its
+    candidates as a token trie (TailTree), under a mask that lets a node see its item's prefix and its own
+    ancestors, at the positions it would have alone. So an item's candidates (an integer parameter has 101)
+    read its prefix once instead of a cache copy each, shared leading tokens run once, and no token attends
+    over another item's tails; the scores equal each candidate scored on its own (tests/test_cloze.py)."""
     device = items[0].first.device
-    tails = [tail for item in items for tail in item.tails]
-    sizes = torch.tensor([len(t) for t in tails], device=device)
-    owner = torch.repeat_interleave(torch.arange(len(tails), device=device), sizes)
-    within = torch.cat([torch.arange(len(t), device=device) for t in tails])
-    seen = torch.repeat_interleave(torch.tensor([item.length for item in items for _ in item.tails], device=device), sizes)
-    ids = torch.tensor([[token for tail in tails for token in tail]], device=device)
-    # the vocabulary projection runs only where a tail's next token is scored, not on each tail's last token
-    scored = torch.nonzero(within[1:] > 0).flatten()
-    totals = torch.cat([item.first[[tail[0] for tail in item.tails]] for item in items]).float()
-    if len(scored):
-        length = max(item.length for item in items)
-        row = turn_cache(runner, [(cache, 0, 0)], [length])
-        logits = runner(input_ids=ids, attention_mask=_tree_mask(runner, length, seen, owner, within),
-                        position_ids=(seen + within)[None], cache=row, logits_to_keep=scored, **names).logits[0].float()
-        token_logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, scored + 1, None])[:, 0]
-        totals = totals.index_add(0, owner[scored + 1], token_logp)
+    width = max(len(item.tree.tokens) for item in items)
+    length = max(item.length for item in items)
+    ids = torch.zeros((len(items), width), dtype=torch.long, device=device)
+    positions = torch.zeros_like(ids)
+    allowed = torch.zeros((len(items), width, length + width), dtype=torch.bool, device=device)
+    allowed[:, range(width), range(length, length + width)] = True  # a pad sees itself: no row is all masked
+    for row, item in enumerate(items):
+        tree, pad = item.tree, width - len(item.tree.tokens)  # the tree sits at the row's end, internal nodes last
+        ids[row, pad:] = torch.tensor(tree.tokens, device=device)
+        positions[row, pad:] = item.length + torch.tensor(tree.depth, device=device)
+        allowed[row, pad:, length - item.length:length] = True
+        allowed[row, pad:, length + pad:] = tree.ancestry().to(device)
+    # every scored token: the node it follows (a (row, kept position) pair, each projected once), the token
+    # and the candidate it belongs to
+    keep = max(item.tree.scored for item in items)
+    pair_of, pairs, targets, owner, firsts = {}, [], [], [], []
+    for row, item in enumerate(items):
+        for tail, path in zip(item.tails, item.tree.paths):
+            firsts.append(item.first[tail[0]])
+            for node, token in zip(path[:-1], tail[1:]):
+                pairs.append(pair_of.setdefault((row, keep - len(item.tree.tokens) + node), len(pair_of)))
+                targets.append(token)
+                owner.append(len(firsts) - 1)
+    totals = torch.stack(firsts).float()
+    if keep:
+        rows, kept = torch.tensor(list(pair_of), device=device).T
+        head = runner.get_output_embeddings()  # projects only the scored nodes' hidden states, not every kept one
+        hook = head.register_forward_pre_hook(lambda module, args: (args[0][rows, kept],))
+        try:
+            logits = runner(input_ids=ids, attention_mask=_attention_mask(runner, allowed), position_ids=positions,
+                            cache=turn_cache(runner, [(cache, 0, 0)] * len(items), [item.length for item in items]),
+                            logits_to_keep=keep, **{key: value * len(items) for key, value in names.items()}).logits
+        finally:
+            hook.remove()
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (scored nodes, vocabulary)
+        token_logp = logp[torch.tensor(pairs, device=device), torch.tensor(targets, device=device)]
+        totals = totals.index_add(0, torch.tensor(owner, device=device), token_logp)
     return [part.tolist() for part in totals.split([len(item.tails) for item in items])]
 
 
-def _tree_mask(runner, length, seen, owner, within):
-    """The 4-D attention mask (1, 1, tail tokens, length + tail tokens) of tails packed in one row: a token
-    sees the first `seen` of the `length` cached positions (its item's prefix), and a tail token its own tail
-    up to itself. Boolean (True: attend) for SDPA, additive (0 / the dtype's minimum) for eager attention."""
-    n = owner.shape[0]
-    allowed = torch.empty((n, length + n), dtype=torch.bool, device=owner.device)
-    allowed[:, :length] = torch.arange(length, device=owner.device)[None, :] < seen[:, None]
-    allowed[:, length:] = (owner[:, None] == owner[None, :]) & (within[:, None] >= within[None, :])
+def _attention_mask(runner, allowed):
+    """The 4-D attention mask of boolean `allowed` (rows, queries, keys): boolean (True: attend) for SDPA,
+    additive (0 / the dtype's minimum) for eager attention."""
     if runner.config._attn_implementation == "eager":
         dtype = next(runner.parameters()).dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=owner.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)[None, None]
-    return allowed[None, None]
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[:, None]
+    return allowed[:, None]
 
 
 def habit_values(dialogs, train_indices_by_persona, actions_of):

@@ -7,8 +7,9 @@ prompt is prefilled once into a key/value cache; every turn of the chain then de
 slice of that cache its own prompt covers, and turns of many chains decode together in one batch.
 So prefill costs about each dialogue's tokens once, and decoding runs batch_size turns per step.
 A prompt that does not extend the previous one (the history window slid past the first message,
-or retrieved dialogues changed) starts a new chain. Rows are left-padded and masked; positions
-count only real tokens, so each turn sees exactly the cache a fresh prefill of its prompt gives.
+or retrieved dialogues changed) starts a new chain. The prefill's rows are right-padded (a causal mask
+alone then hides the pads), the decoding rows left-padded and masked; positions count only real
+tokens, so each turn sees exactly the cache a fresh prefill of its prompt gives.
 
 With LoRA adapters in an AdapterStore (adaptcommand/model/serving.py) or a PEFT model,
 `adapter_names` gives each prompt its own adapter (an adapter changes K and V, so a chain never
@@ -108,15 +109,18 @@ def prefix_front(model):
 
 
 def _forward_cache(model, tokens, mask, names):
-    """The key/value cache of a left-padded batch (logits only at the last position: they are not needed).
-    For a prefix-tuned model it is the active adapter's prefix followed by the batch's tokens."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0) + prefix_front(model)  # pads do not count, as generate() counts
+    """The key/value cache of a right-padded batch (logits only at the last position: they are not needed).
+    Pads come after every real token, so a causal mask alone keeps each row's tokens from seeing them and
+    no padding mask is passed: attention then takes its causal fast path (about twice as fast on a CPU as
+    with a mask). The pads' own cache entries are never read. For a prefix-tuned model it is the active
+    adapter's prefix followed by the batch's tokens."""
     if is_prefix_tuned(model):
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None] + prefix_front(model)
         full_mask, prefix = prefix_inputs(model, mask)
         return model.get_base_model()(input_ids=tokens, attention_mask=full_mask, position_ids=positions,
                                       use_cache=True, logits_to_keep=1, **prefix).cache
-    return _routed(model, names, lambda **extra: model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                                       use_cache=True, logits_to_keep=1, **extra).cache)
+    return _routed(model, names, lambda **extra: model(input_ids=tokens, use_cache=True, logits_to_keep=1,
+                                                       **extra).cache)
 
 
 def turn_cache(model, sources, lengths, front=0):
@@ -141,20 +145,21 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
     """Generate every turn of a batch of chains: each chain's longest prompt is prefilled once, then every
     turn decodes from the slice of that cache its own prompt covers, batch_size turns at a time."""
     device = next(model.parameters()).device
-    longest = [ids[chain[-1]] for chain in chains]
-    tokens, mask = padded_batch(tokenizer, longest, device)
-    chain_names = [names[chain[-1]] for chain in chains] if names else None
     # the last token of each prompt is fed by generate itself, so the cache stops one short of it
-    cache = _forward_cache(model, tokens[:, :-1], mask[:, :-1], chain_names) if tokens.shape[1] > 1 else None
-    stats.prefilled += int(mask.sum())
-    pads = [tokens.shape[1] - len(prompt) for prompt in longest]
+    heads = [ids[chain[-1]][:-1] for chain in chains]
+    width = max(map(len, heads))
+    tokens = torch.tensor([head + [tokenizer.pad_token_id] * (width - len(head)) for head in heads], device=device)
+    mask = torch.tensor([[1] * len(head) + [0] * (width - len(head)) for head in heads], device=device)
+    chain_names = [names[chain[-1]] for chain in chains] if names else None
+    cache = _forward_cache(model, tokens, mask, chain_names) if width else None
+    stats.prefilled += sum(len(ids[chain[-1]]) for chain in chains)
     front = prefix_front(model)  # cache positions before the prompt (a prefix adapter's)
     turns = [(c, i) for c, chain in enumerate(chains) for i in chain]
     for start in range(0, len(turns), batch_size):
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
         turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
-        rows_cache = turn_cache(model, [(cache, c, pads[c]) for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front)
+        rows_cache = turn_cache(model, [(cache, c, 0) for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front)
         out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
                         rows_cache)
         for i, generated in zip(prompts, out[:, front + turn_tokens.shape[1]:]):
