@@ -1,13 +1,13 @@
-"""Scoring the preference cloze's candidates: packed in one row after the prefix's cache, against a batch row each.
+"""Scoring the preference cloze's candidates: a token trie per item after the prefix's cache, against a batch row per candidate.
 
     .venv/bin/python benchmarks/bench_cloze.py [--config configs/demo/lora_eval.json] [--personas 4] [--max_items 60]
 
 The same cloze items (the stated routine values of a fresh demo dataset's test sessions, every candidate of
 each: 101 for an integer parameter), the config's model and prompt, no adapter, scored two ways after the
 same shared prefill:
-- ours: every candidate of every item of one dialogue's prefill in one row after the cache, under a tree
-  mask, the vocabulary projected only where a next token is scored (adaptcommand/evaluation/cloze.py,
-  `_tail_logprobs`);
+- ours: one batch row per item after its prefix's cache, its candidates a token trie (shared leading
+  tokens run once) under a mask of each node's ancestors, the vocabulary projected only on the nodes a
+  next token is scored after (adaptcommand/evaluation/cloze.py, `_tail_logprobs`);
 - reference: per item, one batch row per candidate, each with its own copy of the prefix's cache (what
   the cloze did first).
 Both must give the same top-1 on every item; the largest score difference is printed.

@@ -123,13 +123,18 @@ def _forward_cache(model, tokens, mask, names):
                                                        **extra).cache)
 
 
-def turn_cache(model, sources, lengths, front=0):
+def turn_cache(model, sources, lengths, front=0, room=0):
     """A left-padded cache for a batch of turns: row r holds sources[r] = (cache, row, pad)'s first front
-    positions (a prefix; they sit before the pads) and then its first lengths[r] tokens after the pads."""
-    from transformers import DynamicCache
+    positions (a prefix; they sit before the pads) and then its first lengths[r] tokens after the pads.
+
+    room: tokens the cache will still take (the new tokens of generate). With room, the cache is a
+    StaticCache that writes each step's keys and values in place: a DynamicCache copies the whole cache
+    at every step (torch.cat), which was most of a decoding step's time on a CPU."""
+    from transformers import DynamicCache, StaticCache
 
     width = max(lengths)
-    cache = DynamicCache(config=model.config)
+    cache = StaticCache(config=model.config, max_cache_len=front + width + room) if room else \
+        DynamicCache(config=model.config)
     for layer in range(len(sources[0][0].layers)):
         keys, values = [], []
         for (source, row, pad), length in zip(sources, lengths):
@@ -159,7 +164,8 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
         turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
-        rows_cache = turn_cache(model, [(cache, c, 0) for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front)
+        rows_cache = turn_cache(model, [(cache, c, 0) for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front,
+                                room=kwargs["max_new_tokens"])
         out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
                         rows_cache)
         for i, generated in zip(prompts, out[:, front + turn_tokens.shape[1]:]):
