@@ -44,7 +44,7 @@ def _reference_item(runner, cache, item, names, pad_id):
         ids[row, : len(tail)] = torch.tensor(tail, device=device)
         mask[row, length: length + len(tail)] = 1
     row_names = {"adapter_names": names["adapter_names"] * len(tails)} if "adapter_names" in names else {}
-    rows = turn_cache(runner, [(cache, 0, 0)] * len(tails), [length] * len(tails))
+    rows = turn_cache(runner, cache, [0] * len(tails), [length] * len(tails))
     logp = torch.log_softmax(runner(input_ids=ids, attention_mask=mask, cache=rows, **row_names).logits.float(), dim=-1)
     scores = []
     for row, tail in enumerate(tails):

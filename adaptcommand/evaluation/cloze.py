@@ -354,7 +354,7 @@ def _tail_logprobs(runner, cache, items, names):
         hook = head.register_forward_pre_hook(lambda module, args: (args[0][rows, kept],))
         try:
             logits = runner(input_ids=ids, attention_mask=_attention_mask(runner, allowed), position_ids=positions,
-                            cache=turn_cache(runner, [(cache, 0, 0)] * len(items), [item.length for item in items]),
+                            cache=turn_cache(runner, cache, [0] * len(items), [item.length for item in items]),
                             logits_to_keep=keep, **{key: value * len(items) for key, value in names.items()}).logits
         finally:
             hook.remove()
@@ -398,15 +398,16 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
         adapter = adapter_of(item.persona_id)
         if adapter is not None:
             by_dialog.setdefault((item.dialog_index, adapter), []).append(item)
+    retrieved = {}  # every item's retrieved dialogues, in one embedding call
+    if prompt_cfg.retrieval:
+        asked = [item for group in by_dialog.values() for item in group]
+        found = retriever.retrieve_many([(item.persona_id, dialogs[item.dialog_index]["messages"][:item.message_index],
+                                          item.dialog_index) for item in asked])
+        retrieved = {id(item): dialogues for item, dialogues in zip(asked, found)}
     results = []
     for (index, adapter), group in by_dialog.items():
-        dialog = dialogs[index]
-        sequences = []
-        for item in group:
-            retrieved = ()
-            if prompt_cfg.retrieval:
-                retrieved = retriever.retrieve_many([(item.persona_id, dialog["messages"][:item.message_index], index)])[0]
-            sequences.append(item_sequences(tokenizer, dialog, item, prompt_cfg, retrieved))
+        sequences = [item_sequences(tokenizer, dialogs[index], item, prompt_cfg, retrieved.get(id(item), ()))
+                     for item in group]
         scored = shared_prefix_logprobs(model, sequences, adapter if routes_adapters(model) else None)
         results += [_result(item, scores, arm, seed, habits, majority) for item, scores in zip(group, scored)]
     return results

@@ -123,9 +123,10 @@ def _forward_cache(model, tokens, mask, names):
                                                        **extra).cache)
 
 
-def turn_cache(model, sources, lengths, front=0, room=0):
-    """A left-padded cache for a batch of turns: row r holds sources[r] = (cache, row, pad)'s first front
-    positions (a prefix; they sit before the pads) and then its first lengths[r] tokens after the pads.
+def turn_cache(model, cache, rows, lengths, front=0, room=0):
+    """A left-padded cache for a batch of turns: turn r holds `cache` row rows[r]'s first front positions (a
+    prefix; they sit before the pads) and then its first lengths[r] tokens after them. Each layer's rows are
+    gathered in one indexing op; the pads repeat a real position (the attention mask hides them).
 
     room: tokens the cache will still take (the new tokens of generate). With room, the cache is a
     StaticCache that writes each step's keys and values in place: a DynamicCache copies the whole cache
@@ -133,17 +134,20 @@ def turn_cache(model, sources, lengths, front=0, room=0):
     from transformers import DynamicCache, StaticCache
 
     width = max(lengths)
-    cache = StaticCache(config=model.config, max_cache_len=front + width + room) if room else \
+    device = cache.layers[0].keys.device
+    lengths = torch.tensor(lengths, device=device)[:, None]
+    after = torch.arange(width, device=device)[None] - (width - lengths)  # each turn's token index, < 0 on pads
+    index = torch.cat([torch.arange(front, device=device)[None].expand(len(rows), front),
+                       front + after.clamp(min=0)], dim=1)  # (turns, front + width) positions of the source row
+    source_rows = torch.tensor(rows, device=device)[:, None]
+    out = StaticCache(config=model.config, max_cache_len=front + width + room) if room else \
         DynamicCache(config=model.config)
-    for layer in range(len(sources[0][0].layers)):
-        keys, values = [], []
-        for (source, row, pad), length in zip(sources, lengths):
-            for kept, tensor in ((keys, source.layers[layer].keys), (values, source.layers[layer].values)):
-                tokens = torch.nn.functional.pad(tensor[row, :, front + pad:front + pad + length],
-                                                 (0, 0, width - length, 0))
-                kept.append(torch.cat([tensor[row, :, :front], tokens], dim=1))
-        cache.update(torch.stack(keys), torch.stack(values), layer)
-    return cache
+    for k, layer in enumerate(cache.layers):
+        # (turns, positions, heads, dim) gathered, then back to the cache's (turns, heads, positions, dim)
+        keys, values = (tensor.transpose(1, 2)[source_rows, index].transpose(1, 2)
+                        for tensor in (layer.keys, layer.values))
+        out.update(keys.contiguous(), values.contiguous(), k)
+    return out
 
 
 def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, bar, on_replies, batch_size):
@@ -164,7 +168,7 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
         rows = turns[start:start + batch_size]
         prompts = [i for _, i in rows]
         turn_tokens, turn_mask = padded_batch(tokenizer, [ids[i] for i in prompts], device)
-        rows_cache = turn_cache(model, [(cache, c, 0) for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front,
+        rows_cache = turn_cache(model, cache, [c for c, _ in rows], [len(ids[i]) - 1 for i in prompts], front,
                                 room=kwargs["max_new_tokens"])
         out = _generate(model, turn_tokens, turn_mask, kwargs, [names[i] for i in prompts] if names else None,
                         rows_cache)
