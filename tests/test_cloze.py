@@ -11,6 +11,7 @@ from adaptcommand.evaluation.cloze import (
     candidate_logprobs,
     candidate_token_ids,
     cloze_items,
+    dialogue_logprobs,
     habit_values,
     item_sequences,
     score_items,
@@ -150,14 +151,43 @@ def test_items_of_one_dialogue_share_one_prefill(tiny_arch_dir):
     hook.remove()
 
 
+def test_dialogues_of_several_adapters_scored_together_equal_each_alone(tiny_arch_dir):
+    """Prefixes of several dialogues and adapters go through one prefill pass (each row its own adapter) and
+    their tails through shared passes; every score equals its dialogue scored on its own."""
+    from peft import LoraConfig, get_peft_model
+
+    from adaptcommand.model.modeling import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(str(tiny_arch_dir), device="cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                           adapter_name="p1").eval()
+    dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color."),
+               _dialog("Heat mode for the AC.", "Lights at 50% please.")]
+    cfg = replace(defaults().prompt, system_template="S")
+    sequences = [[item_sequences(tokenizer, dialog, item, cfg) for item in _items([dialog])[0]] for dialog in dialogs]
+    groups = [("p1", sequences[0]), ("__base__", sequences[1]), ("p1", sequences[1])]
+    prefills = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape) if kwargs.get("cache") is None
+        else None, with_kwargs=True)
+    together = dialogue_logprobs(model, groups)
+    hook.remove()
+    assert len(prefills) == 1 and prefills[0][0] == 3  # one pass, a row per dialogue and adapter
+    for (adapter, group), scores in zip(groups, together):
+        assert len(scores) == len(group) > 0
+        for got, alone in zip(scores, shared_prefix_logprobs(model, group, adapter)):
+            assert got == pytest.approx(alone, abs=1e-4)
+    assert together[1] != together[2]  # the same dialogue through another adapter scores differently
+
+
 def test_candidates_sharing_leading_tokens_share_trie_nodes():
-    tree = TailTree.of([[7, 1, 9], [7, 2, 9], [8, 9], [7, 1, 5]])
-    # 7, 7-1, 7-2 and 8 lead to a next token (scored after them): 8 nodes in all against 11 tail tokens
-    assert len(tree.tokens) == 8 and tree.scored == 4
-    assert all(tree.parent[k] >= len(tree.tokens) - tree.scored for k in range(len(tree.tokens)) if tree.parent[k] >= 0)
-    for tail, path in zip([[7, 1, 9], [7, 2, 9], [8, 9], [7, 1, 5]], tree.paths):
+    tails = [[7, 1, 9], [7, 2, 9], [8, 9], [7, 1, 5]]
+    tree = TailTree.of(tails)
+    assert len(tree.tokens) == 8  # 7, 7-1, 7-1-9, 7-2, 7-2-9, 8, 8-9, 7-1-5: against 11 tail tokens
+    for tail, path in zip(tails, tree.paths):
         assert [tree.tokens[k] for k in path] == tail and [tree.depth[k] for k in path] == list(range(len(tail)))
-        assert all(tree.parent[child] == parent for parent, child in zip(path, path[1:]))
+        assert tree.parent[path[0]] == -1 and all(tree.parent[child] == parent for parent, child in zip(path, path[1:]))
     seen = tree.ancestry()
     last = tree.paths[0][-1]  # 9 after 7-1 sees 7, 1 and itself, not 2 or the other 9s
     assert sorted(seen[last].nonzero().flatten().tolist()) == sorted(tree.paths[0])

@@ -25,6 +25,7 @@ where the user never stated that parameter in train).
 
 import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -202,48 +203,111 @@ def candidate_logprobs(model, prefix, tails, adapter=None):
     return shared_prefix_logprobs(model, [(prefix, tails)], adapter)[0]
 
 
-@torch.no_grad()
 def shared_prefix_logprobs(model, sequences, adapter=None):
-    """candidate_logprobs of several (prefix, tails) of one adapter, each prefix prefilled at most once:
-    a prefix that is a token prefix of a longer one (a later item of the same dialogue) is read from the
-    longer one's cache, so a dialogue's history is computed once for all its items where the prompts allow.
-    """
-    device = next(model.parameters()).device
-    names = adapter_kwargs(model, adapter)
-    runner, offset = model, 0
-    if adapter is not None and adapter in getattr(model, "peft_config", {}) and \
-            model.peft_config[adapter].peft_type == "PREFIX_TUNING":  # its prefix sits in front of the cache
-        model.set_adapter(adapter)
-        runner, names, offset = model.get_base_model(), {}, model.peft_config[adapter].num_virtual_tokens
-    scores = [None] * len(sequences)
+    """candidate_logprobs of several (prefix, tails) of one adapter, each prefix prefilled at most once."""
+    return dialogue_logprobs(model, [(adapter, sequences)])[0]
+
+
+@dataclass(frozen=True)
+class Lead:
+    """A prefix prefilled for itself and for the items whose prefixes are token prefixes of it (earlier items of
+    the same dialogue): group and sequence indices into dialogue_logprobs' groups."""
+    group: int
+    adapter: object
+    ids: list
+    members: list  # sequence indices within the group
+
+
+PREFILL_TOKENS = 8192  # padded prefix tokens (rows x longest row) per prefill pass
+
+
+@torch.no_grad()
+def dialogue_logprobs(model, groups):
+    """candidate_logprobs of every item of groups [(adapter, [(prefix ids, [tail ids])])], usually one group per
+    dialogue and adapter: within a group a prefix that is a token prefix of a longer one (a later item of the
+    same dialogue) is read from the longer one's cache, so a dialogue's history is computed once for all its
+    items where the prompts allow. Across groups the prefixes are prefilled together, right-padded (a causal
+    mask alone then hides the pads), and the tails of many dialogues share a pass, each batch row through its
+    own adapter (a prefix-tuned model runs one adapter at a time). Returns [[scores per candidate] per item]
+    per group."""
+    leads = [lead for g, (adapter, sequences) in enumerate(groups) for lead in _leads(g, adapter, sequences)]
+    scores = [[None] * len(sequences) for _, sequences in groups]
+    tuned = getattr(model, "peft_config", {})
+    prefix_tuned = {a for a, c in tuned.items() if c.peft_type == "PREFIX_TUNING"} if tuned else set()
+    runs = [[lead for lead in leads if lead.adapter == a] for a in dict.fromkeys(lead.adapter for lead in leads)] \
+        if prefix_tuned else [leads] if leads else []
+    for run in runs:
+        runner, offset, route = model, 0, lambda adapters: adapter_kwargs(model, adapters)
+        if run[0].adapter in prefix_tuned:  # its prefix sits in front of the cache; the base model reads it
+            model.set_adapter(run[0].adapter)
+            runner, offset, route = model.get_base_model(), tuned[run[0].adapter].num_virtual_tokens, lambda _: {}
+        run = sorted(run, key=lambda lead: -len(lead.ids))
+        for chunk in _token_budget_chunks(run, [len(lead.ids) for lead in run], PREFILL_TOKENS):
+            cache, first = _prefill(model, runner, chunk, [[len(groups[lead.group][1][i][0]) - 1 for i in lead.members]
+                                                          for lead in chunk], route)
+            items = []
+            for row, lead in enumerate(chunk):
+                for i in lead.members:
+                    prefix, tails = groups[lead.group][1][i]
+                    items.append((lead.group, i, TailSet(row, offset + len(prefix), first[row, len(prefix) - 1], tails,
+                                                         TailTree.of(tails), lead.adapter)))
+            items.sort(key=lambda item: -len(item[2].tree.tokens))  # rows of like width share a pass
+            for part in _token_budget_chunks(items, [len(item[2].tree.tokens) for item in items]):
+                for (g, i, _), item_scores in zip(part, _tail_logprobs(runner, cache, [item[2] for item in part], route)):
+                    scores[g][i] = item_scores
+    return scores
+
+
+def _leads(group, adapter, sequences):
+    """The Leads of one group's sequences: the longest prefix first, with every shorter one it extends."""
+    leads, taken = [], set()
     for lead in sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0])):
-        if scores[lead] is not None:
+        if lead in taken:
             continue
         longest = sequences[lead][0]
-        members = [i for i, (prefix, _) in enumerate(sequences)
-                   if scores[i] is None and longest[:len(prefix)] == prefix]
-        positions = sorted({len(sequences[i][0]) - 1 for i in members})
-        mask, prefix = prefix_inputs(model, torch.ones((1, len(longest)), dtype=torch.long, device=device))
-        out = runner(input_ids=torch.tensor([longest], device=device), attention_mask=mask, use_cache=True,
-                     logits_to_keep=torch.tensor(positions, device=device), **prefix, **names)
-        first = dict(zip(positions, torch.log_softmax(out.logits[0].float(), dim=-1)))
-        tails = {i: TailSet(offset + len(sequences[i][0]), first[len(sequences[i][0]) - 1], sequences[i][1],
-                            TailTree.of(sequences[i][1])) for i in members}
-        members.sort(key=lambda i: -len(tails[i].tree.tokens))  # rows of like width share a pass
-        for chunk in _token_budget_chunks(members, [len(tails[i].tree.tokens) for i in members]):
-            for i, item_scores in zip(chunk, _tail_logprobs(runner, out.cache, [tails[i] for i in chunk], names)):
-                scores[i] = item_scores
-    return scores
+        members = [i for i, (prefix, _) in enumerate(sequences) if i not in taken and longest[:len(prefix)] == prefix]
+        taken.update(members)
+        leads.append(Lead(group, adapter, longest, members))
+    return leads
+
+
+def _prefill(model, runner, leads, positions, route):
+    """(cache, {(row, position): log-probabilities of the next token}) of the leads' prefixes, right-padded in one
+    batch, the vocabulary projected only at each row's `positions` (its members' last prefix tokens)."""
+    device = next(model.parameters()).device
+    width = max(len(lead.ids) for lead in leads)
+    ids = torch.tensor([lead.ids + [0] * (width - len(lead.ids)) for lead in leads], device=device)
+    mask = torch.tensor([[1] * len(lead.ids) + [0] * (width - len(lead.ids)) for lead in leads], device=device)
+    full_mask, prefix = prefix_inputs(model, mask)
+    pairs = [(row, position) for row, kept in enumerate(positions) for position in sorted(set(kept))]
+    with _projecting_only(runner, pairs):
+        out = runner(input_ids=ids, attention_mask=full_mask if prefix else None, use_cache=True, logits_to_keep=0,
+                     **prefix, **route([lead.adapter for lead in leads]))
+    return out.cache, dict(zip(pairs, torch.log_softmax(out.logits.float(), dim=-1)))
+
+
+@contextmanager
+def _projecting_only(runner, pairs):
+    """Within it, `runner`'s vocabulary projection sees only the hidden states at (row, position) `pairs`: its
+    logits come back as (pairs, vocabulary) instead of (rows, positions, vocabulary)."""
+    rows, positions = torch.tensor(pairs, device=next(runner.parameters()).device).reshape(-1, 2).T
+    hook = runner.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0][rows, positions],))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 @dataclass(frozen=True)
 class TailSet:
-    """One item's candidate tails after the first `length` cached positions; first: the log-probabilities of
-    the token after them."""
+    """One item's candidate tails after the first `length` positions of cache row `row`; first: the
+    log-probabilities of the token after them; adapter: the adapter its row runs through."""
+    row: int
     length: int
     first: torch.Tensor
     tails: list
     tree: "TailTree"
+    adapter: object = None
 
 
 @dataclass(frozen=True)
@@ -251,13 +315,11 @@ class TailTree:
     """An item's candidate tails as a token trie: candidates sharing their first tokens share those nodes
     (an integer parameter's 101 candidates share their leading digits), so each shared token is run and
     projected onto the vocabulary once. Node k is `tokens[k]` at `depth[k]` under node `parent[k]` (-1: a
-    first token); `paths[c]` lists candidate c's nodes in order. Internal nodes (a next token is scored
-    after them) come last, so a row's scored positions are its final `scored` ones."""
+    first token); `paths[c]` lists candidate c's nodes in order."""
     tokens: list
     parent: list
     depth: list
     paths: list
-    scored: int
 
     @classmethod
     def of(cls, tails):
@@ -270,12 +332,7 @@ class TailTree:
                     tokens.append(tail[j])
                     parent.append(node_of[key[:-1]] if j else -1)
                     depth.append(j)
-        internal = {node_of[tuple(tail[:j + 1])] for tail in tails for j in range(len(tail) - 1)}
-        order = [k for k in range(len(tokens)) if k not in internal] + sorted(internal)
-        new = {old: k for k, old in enumerate(order)}
-        return cls([tokens[k] for k in order], [new[parent[k]] if parent[k] >= 0 else -1 for k in order],
-                   [depth[k] for k in order], [[new[node_of[tuple(tail[:j + 1])]] for j in range(len(tail))]
-                                               for tail in tails], len(internal))
+        return cls(tokens, parent, depth, [[node_of[tuple(tail[:j + 1])] for j in range(len(tail))] for tail in tails])
 
     def ancestry(self):
         """(nodes, nodes) boolean: node i sees node j where j is i or one of its ancestors."""
@@ -302,21 +359,21 @@ def _token_budget_chunks(members, sizes, budget=TAIL_TOKENS):
     return chunks
 
 
-def adapter_kwargs(model, adapter):
-    """The forward arguments that run one row through `adapter` (None: the model as it is): an AdapterStore
-    is routed here and needs none, a PEFT model gets adapter_names."""
-    if adapter is None:
+def adapter_kwargs(model, adapters):
+    """The forward arguments that run each row through its adapter (adapters: one per row; None: the model as it
+    is): an AdapterStore is routed here and needs none, a PEFT model gets adapter_names."""
+    if adapters[0] is None:
         return {}
     if store_of(model) is not None:
-        store_of(model).route([adapter])
+        store_of(model).route(adapters)
         return {}
-    return {"adapter_names": [adapter]}
+    return {"adapter_names": list(adapters)}
 
 
-def _tail_logprobs(runner, cache, items, names):
-    """Each TailSet's tails' log-probabilities after its own first `length` positions of a one-row cache, run
-    through `runner` with `names` (adapter_kwargs): for a prefix-tuned model its base model, since the cache
-    already holds the prefix that the PEFT model would prepend again.
+def _tail_logprobs(runner, cache, items, route):
+    """Each TailSet's tails' log-probabilities after its own first `length` positions of its cache row, run
+    through `runner` with each row's adapter (route(adapters): adapter_kwargs): for a prefix-tuned model its
+    base model, since the cache already holds the prefix that the PEFT model would prepend again.
 
     One batch row per item: its prefix's cached positions (left-padded to the longest item's) and then its
     candidates as a token trie (TailTree), under a mask that lets a node see its item's prefix and its own
@@ -331,33 +388,27 @@ def _tail_logprobs(runner, cache, items, names):
     allowed = torch.zeros((len(items), width, length + width), dtype=torch.bool, device=device)
     allowed[:, range(width), range(length, length + width)] = True  # a pad sees itself: no row is all masked
     for row, item in enumerate(items):
-        tree, pad = item.tree, width - len(item.tree.tokens)  # the tree sits at the row's end, internal nodes last
+        tree, pad = item.tree, width - len(item.tree.tokens)  # the tree sits at the row's end
         ids[row, pad:] = torch.tensor(tree.tokens, device=device)
         positions[row, pad:] = item.length + torch.tensor(tree.depth, device=device)
         allowed[row, pad:, length - item.length:length] = True
         allowed[row, pad:, length + pad:] = tree.ancestry().to(device)
-    # every scored token: the node it follows (a (row, kept position) pair, each projected once), the token
-    # and the candidate it belongs to
-    keep = max(item.tree.scored for item in items)
+    # every scored token: the node it follows (a (row, position) pair, each projected once), the token and
+    # the candidate it belongs to
     pair_of, pairs, targets, owner, firsts = {}, [], [], [], []
     for row, item in enumerate(items):
         for tail, path in zip(item.tails, item.tree.paths):
             firsts.append(item.first[tail[0]])
             for node, token in zip(path[:-1], tail[1:]):
-                pairs.append(pair_of.setdefault((row, keep - len(item.tree.tokens) + node), len(pair_of)))
+                pairs.append(pair_of.setdefault((row, width - len(item.tree.tokens) + node), len(pair_of)))
                 targets.append(token)
                 owner.append(len(firsts) - 1)
     totals = torch.stack(firsts).float()
-    if keep:
-        rows, kept = torch.tensor(list(pair_of), device=device).T
-        head = runner.get_output_embeddings()  # projects only the scored nodes' hidden states, not every kept one
-        hook = head.register_forward_pre_hook(lambda module, args: (args[0][rows, kept],))
-        try:
+    if pair_of:
+        with _projecting_only(runner, list(pair_of)):
             logits = runner(input_ids=ids, attention_mask=_attention_mask(runner, allowed), position_ids=positions,
-                            cache=turn_cache(runner, cache, [0] * len(items), [item.length for item in items]),
-                            logits_to_keep=keep, **{key: value * len(items) for key, value in names.items()}).logits
-        finally:
-            hook.remove()
+                            cache=turn_cache(runner, cache, [item.row for item in items], [item.length for item in items]),
+                            logits_to_keep=0, **route([item.adapter for item in items])).logits
         logp = torch.log_softmax(logits.float(), dim=-1)  # (scored nodes, vocabulary)
         token_logp = logp[torch.tensor(pairs, device=device), torch.tensor(targets, device=device)]
         totals = totals.index_add(0, torch.tensor(owner, device=device), token_logp)
@@ -404,13 +455,13 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
         found = retriever.retrieve_many([(item.persona_id, dialogs[item.dialog_index]["messages"][:item.message_index],
                                           item.dialog_index) for item in asked])
         retrieved = {id(item): dialogues for item, dialogues in zip(asked, found)}
-    results = []
-    for (index, adapter), group in by_dialog.items():
-        sequences = [item_sequences(tokenizer, dialogs[index], item, prompt_cfg, retrieved.get(id(item), ()))
-                     for item in group]
-        scored = shared_prefix_logprobs(model, sequences, adapter if routes_adapters(model) else None)
-        results += [_result(item, scores, arm, seed, habits, majority) for item, scores in zip(group, scored)]
-    return results
+    routed = routes_adapters(model)
+    scored = dialogue_logprobs(model, [(adapter if routed else None,
+                                        [item_sequences(tokenizer, dialogs[index], item, prompt_cfg,
+                                                        retrieved.get(id(item), ())) for item in group])
+                                       for (index, adapter), group in by_dialog.items()])
+    return [_result(item, scores, arm, seed, habits, majority)
+            for group, group_scores in zip(by_dialog.values(), scored) for item, scores in zip(group, group_scores)]
 
 
 def _result(item, scores, arm, seed, habits, majority):
