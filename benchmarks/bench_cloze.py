@@ -28,13 +28,13 @@ from adaptcommand.model.generation import turn_cache
 from adaptcommand.model.modeling import load_model_and_tokenizer
 
 
-def reference_tail_logprobs(runner, cache, items, names, pad_id=0):
+def reference_tail_logprobs(runner, cache, items, route, pad_id=0):
     """The first scoring: per item, its tails right-padded in a batch (the pads are masked), the prefix's
     cache copied into every row, one forward each."""
-    return [_reference_item(runner, cache, item, names, pad_id) for item in items]
+    return [_reference_item(runner, cache, item, route, pad_id) for item in items]
 
 
-def _reference_item(runner, cache, item, names, pad_id):
+def _reference_item(runner, cache, item, route, pad_id):
     device, length, tails = item.first.device, item.length, item.tails
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
@@ -43,9 +43,9 @@ def _reference_item(runner, cache, item, names, pad_id):
     for row, tail in enumerate(tails):
         ids[row, : len(tail)] = torch.tensor(tail, device=device)
         mask[row, length: length + len(tail)] = 1
-    row_names = {"adapter_names": names["adapter_names"] * len(tails)} if "adapter_names" in names else {}
-    rows = turn_cache(runner, cache, [0] * len(tails), [length] * len(tails))
-    logp = torch.log_softmax(runner(input_ids=ids, attention_mask=mask, cache=rows, **row_names).logits.float(), dim=-1)
+    rows = turn_cache(runner, cache, [item.row] * len(tails), [length] * len(tails))
+    logp = torch.log_softmax(runner(input_ids=ids, attention_mask=mask, cache=rows,
+                                    **route([item.adapter] * len(tails))).logits.float(), dim=-1)
     scores = []
     for row, tail in enumerate(tails):
         total = item.first[tail[0]]
