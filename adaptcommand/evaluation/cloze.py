@@ -245,16 +245,14 @@ def dialogue_logprobs(model, groups):
         for chunk in _token_budget_chunks(run, [len(lead.ids) for lead in run], PREFILL_TOKENS):
             cache, first = _prefill(model, runner, chunk, [[len(groups[lead.group][1][i][0]) - 1 for i in lead.members]
                                                           for lead in chunk], route)
-            items = []
-            for row, lead in enumerate(chunk):
-                for i in lead.members:
-                    prefix, tails = groups[lead.group][1][i]
-                    items.append((lead.group, i, TailSet(row, offset + len(prefix), first[row, len(prefix) - 1], tails,
-                                                         TailTree.of(tails), lead.adapter)))
-            items.sort(key=lambda item: -len(item[2].tree.tokens))  # rows of like width share a pass
-            for part in _token_budget_chunks(items, [len(item[2].tree.tokens) for item in items]):
-                for (g, i, _), item_scores in zip(part, _tail_logprobs(runner, cache, [item[2] for item in part], route)):
-                    scores[g][i] = item_scores
+            items = [TailSet(lead.group, i, row, offset + len(groups[lead.group][1][i][0]),
+                             first[row, len(groups[lead.group][1][i][0]) - 1], groups[lead.group][1][i][1],
+                             TailTree.of(groups[lead.group][1][i][1]), lead.adapter)
+                     for row, lead in enumerate(chunk) for i in lead.members]
+            items.sort(key=lambda item: -len(item.tree.tokens))  # rows of like width share a pass
+            for part in _token_budget_chunks(items, [len(item.tree.tokens) for item in items]):
+                for item, item_scores in zip(part, _tail_logprobs(runner, cache, part, route)):
+                    scores[item.group][item.index] = item_scores
     return scores
 
 
@@ -300,8 +298,10 @@ def _projecting_only(runner, pairs):
 
 @dataclass(frozen=True)
 class TailSet:
-    """One item's candidate tails after the first `length` positions of cache row `row`; first: the
-    log-probabilities of the token after them; adapter: the adapter its row runs through."""
+    """Item `index` of group `group`: its candidate tails after the first `length` positions of cache row `row`;
+    first: the log-probabilities of the token after them; adapter: the adapter its row runs through."""
+    group: int
+    index: int
     row: int
     length: int
     first: torch.Tensor
