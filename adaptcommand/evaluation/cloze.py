@@ -16,7 +16,8 @@ An item is correct when the user's actual value has the highest log-probability.
 
 No generation: one forward pass over the prefix and one over all the candidates, each item's
 candidates a token trie in one batch row after its KV cache; the items of one dialogue share one
-prefill where their prompts extend each other. So it is cheap on a CPU, and it measures knowledge even where replies ask back.
+prefill where their prompts extend each other. So it is cheap on a CPU, and it measures knowledge
+even where replies ask back.
 Beside each persona's top-1 accuracy, on exactly the same items: chance (the mean of 1 / candidates),
 always answering the most common value of that parameter in every user's train dialogues
 (majority), and always answering this user's own most common train value (habit; the population's
@@ -34,7 +35,7 @@ from adaptcommand.data.schema import DEVICES
 from adaptcommand.evaluation.action_metrics import prescribed_settings
 from adaptcommand.evaluation.routine_knowledge import EVERYONE
 from adaptcommand.model.adapters import prefix_inputs
-from adaptcommand.model.generation import turn_cache
+from adaptcommand.model.generation import right_padded_batch, turn_cache
 from adaptcommand.model.serving import routes_adapters, store_of
 from adaptcommand.model.prompting import build_turn_messages
 
@@ -217,6 +218,10 @@ class Lead:
     ids: list
     members: list  # sequence indices within the group
 
+    def ends(self, sequences):
+        """The positions of the members' last prefix tokens (where their first candidate token is scored)."""
+        return sorted({len(sequences[i][0]) - 1 for i in self.members})
+
 
 PREFILL_TOKENS = 8192  # padded prefix tokens (rows x longest row) per prefill pass
 
@@ -243,12 +248,13 @@ def dialogue_logprobs(model, groups):
             runner, offset, route = model.get_base_model(), tuned[run[0].adapter].num_virtual_tokens, lambda _: {}
         run = sorted(run, key=lambda lead: -len(lead.ids))
         for chunk in _token_budget_chunks(run, [len(lead.ids) for lead in run], PREFILL_TOKENS):
-            cache, first = _prefill(model, runner, chunk, [[len(groups[lead.group][1][i][0]) - 1 for i in lead.members]
-                                                          for lead in chunk], route)
-            items = [TailSet(lead.group, i, row, offset + len(groups[lead.group][1][i][0]),
-                             first[row, len(groups[lead.group][1][i][0]) - 1], groups[lead.group][1][i][1],
-                             TailTree.of(groups[lead.group][1][i][1]), lead.adapter)
-                     for row, lead in enumerate(chunk) for i in lead.members]
+            cache, first = _prefill(model, runner, chunk, [lead.ends(groups[lead.group][1]) for lead in chunk], route)
+            items = []
+            for row, lead in enumerate(chunk):
+                for i in lead.members:
+                    prefix, tails = groups[lead.group][1][i]
+                    items.append(TailSet(lead.group, i, row, offset + len(prefix), first[row, len(prefix) - 1], tails,
+                                         TailTree.of(tails), lead.adapter))
             items.sort(key=lambda item: -len(item.tree.tokens))  # rows of like width share a pass
             for part in _token_budget_chunks(items, [len(item.tree.tokens) for item in items]):
                 for item, item_scores in zip(part, _tail_logprobs(runner, cache, part, route)):
@@ -272,12 +278,9 @@ def _leads(group, adapter, sequences):
 def _prefill(model, runner, leads, positions, route):
     """(cache, {(row, position): log-probabilities of the next token}) of the leads' prefixes, right-padded in one
     batch, the vocabulary projected only at each row's `positions` (its members' last prefix tokens)."""
-    device = next(model.parameters()).device
-    width = max(len(lead.ids) for lead in leads)
-    ids = torch.tensor([lead.ids + [0] * (width - len(lead.ids)) for lead in leads], device=device)
-    mask = torch.tensor([[1] * len(lead.ids) + [0] * (width - len(lead.ids)) for lead in leads], device=device)
+    ids, mask = right_padded_batch([lead.ids for lead in leads], 0, next(model.parameters()).device)
     full_mask, prefix = prefix_inputs(model, mask)
-    pairs = [(row, position) for row, kept in enumerate(positions) for position in sorted(set(kept))]
+    pairs = [(row, position) for row, kept in enumerate(positions) for position in kept]
     with _projecting_only(runner, pairs):
         out = runner(input_ids=ids, attention_mask=full_mask if prefix else None, use_cache=True, logits_to_keep=0,
                      **prefix, **route([lead.adapter for lead in leads]))

@@ -49,6 +49,15 @@ def padded_batch(tokenizer, id_lists, device):
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+def right_padded_batch(id_lists, pad_id, device):
+    """(input_ids, attention_mask) of token id lists padded on the right: in a causal model's prefill the pads
+    then come after every real token, so no padding mask is needed and attention takes its causal fast path."""
+    width = max(map(len, id_lists))
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in id_lists], device=device)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in id_lists], device=device)
+    return ids, mask
+
+
 def generation_kwargs(model, tokenizer, gen_cfg):
     kwargs = {"max_new_tokens": gen_cfg.max_new_tokens, "do_sample": gen_cfg.do_sample,
               "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(model, tokenizer)}
@@ -156,12 +165,9 @@ def _run_chains(model, tokenizer, ids, chains, names, kwargs, replies, stats, ba
     turn decodes from the slice of that cache its own prompt covers, batch_size turns at a time."""
     device = next(model.parameters()).device
     # the last token of each prompt is fed by generate itself, so the cache stops one short of it
-    heads = [ids[chain[-1]][:-1] for chain in chains]
-    width = max(map(len, heads))
-    tokens = torch.tensor([head + [tokenizer.pad_token_id] * (width - len(head)) for head in heads], device=device)
-    mask = torch.tensor([[1] * len(head) + [0] * (width - len(head)) for head in heads], device=device)
+    tokens, mask = right_padded_batch([ids[chain[-1]][:-1] for chain in chains], tokenizer.pad_token_id, device)
     chain_names = [names[chain[-1]] for chain in chains] if names else None
-    cache = _forward_cache(model, tokens, mask, chain_names) if width else None
+    cache = _forward_cache(model, tokens, mask, chain_names) if tokens.shape[1] else None
     stats.prefilled += sum(len(ids[chain[-1]]) for chain in chains)
     front = prefix_front(model)  # cache positions before the prompt (a prefix adapter's)
     turns = [(c, i) for c, chain in enumerate(chains) for i in chain]
