@@ -83,6 +83,27 @@ def test_demo_assistant_turns_state_exactly_the_routine():
     assert checked > 100
 
 
+def test_remembered_dialogue_states_give_what_a_fresh_reading_gives():
+    """One extractor reused over many calls (it keeps each context's state) equals a fresh extractor per call,
+    whatever order the calls come in, and reads a dialogue's history once: n messages, about 2n analyses."""
+    _, _, sessions = generate(4, 12, seed=5)
+    dialogues = [session["messages"] for row in sessions for session in row["sessions"]]
+    calls = [(messages[i]["text"], messages[:i]) for messages in dialogues for i in range(len(messages))]
+    fresh = [ActionExtractor().extract_actions(text, context) for text, context in calls]
+    reused = ActionExtractor()
+    assert [reused.extract_actions(text, context) for text, context in calls[::-1]] == fresh[::-1]
+    assert [reused.extract_actions(text, context) for text, context in calls] == fresh
+    assert any(fresh) and len(calls) > 400
+
+    counting, analysed = ActionExtractor(), []
+    original = counting._analyse
+    counting._analyse = lambda text, state: analysed.append(text) or original(text, state)
+    messages = max(dialogues, key=len)
+    for i in range(len(messages)):
+        counting.extract_actions(messages[i]["text"], messages[:i])
+    assert len(analysed) == 2 * len(messages) - 1  # each message as the text, and once as context (not the last)
+
+
 # ------------------------------------------------------------ metrics: hand-computed
 PRED = {"lights": {"brightness": 50, "color": "warm"}, "tv": {"volume": 20}}
 REF = {"lights": {"brightness": 51, "color": "cool", "mode": "static"}, "ac": {"temperature": 22}}

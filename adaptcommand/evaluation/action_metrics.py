@@ -155,14 +155,35 @@ class _Sentence:
         return self.mentions[0][1] if self.mentions else fallback
 
 
+CONTEXT_STATES = 50_000  # dialogue states kept per extractor: each a tuple of references to texts held anyway, and a two-key dict
+
+
 class ActionExtractor:
-    """Rule-based, word-boundary action extraction for EdgeWisePersona-style dialogue."""
+    """Rule-based, word-boundary action extraction for EdgeWisePersona-style dialogue.
+
+    The dialogue state a context leaves (the device and parameter last talked about) is kept per context,
+    each one built from its context less the last message: every arm's reply to a turn, and every later
+    turn of the dialogue, reads the same history, which is then analysed once rather than once per call."""
+
+    def __init__(self):
+        self._states = {}
 
     def extract_actions(self, text, context=None):
-        state = {"device": None, "param": None}
-        for message in context or []:
-            self._analyse(message["text"] if isinstance(message, dict) else message, state)
-        return self._analyse(text, state)
+        texts = tuple(message["text"] if isinstance(message, dict) else message for message in context or ())
+        return self._analyse(text, self._state_after(texts))
+
+    def _state_after(self, texts):
+        """A new dict of the state after reading `texts` in order, from the longest of its prefixes already read."""
+        known = len(texts)
+        while known and texts[:known] not in self._states:
+            known -= 1
+        state = dict(self._states[texts[:known]]) if known else {"device": None, "param": None}
+        for k in range(known, len(texts)):
+            self._analyse(texts[k], state)
+            if len(self._states) >= CONTEXT_STATES:
+                self._states.clear()
+            self._states[texts[:k + 1]] = dict(state)
+        return state
 
     # ------------------------------------------------------------ one message
     def _analyse(self, text, state):

@@ -193,13 +193,15 @@ def generation_rows(group, arms, turns):
 def generate_rows(group, rows, turns, dialogs, cfg, retriever, split, store):
     """Replies for the rows: each arm's prompts, then the stored replies whose fingerprint matches,
     and one generation pass mixing adapters for the rest (appended to the store as they finish)."""
+    rows_by_prompt = {}  # {prompt settings: {turn: rows}}: arms and seeds with the same settings share a rendering
+    for i, r in enumerate(rows):
+        rows_by_prompt.setdefault(arm_prompt(r.arm, cfg.prompt), {}).setdefault(r.turn, []).append(i)
     prompts = [None] * len(rows)
-    for arm in dict.fromkeys(r.arm for r in rows):
-        picked = [i for i, r in enumerate(rows) if r.arm == arm]
-        arm_prompts = build_prompts(group.tokenizer, dialogs, [turns[rows[i].turn] for i in picked],
-                                    arm_prompt(arm, cfg.prompt), retriever)
-        for i, prompt in zip(picked, arm_prompts):
-            prompts[i] = prompt
+    for prompt_cfg, rows_of_turn in rows_by_prompt.items():
+        rendered = build_prompts(group.tokenizer, dialogs, [turns[k] for k in rows_of_turn], prompt_cfg, retriever)
+        for prompt, picked in zip(rendered, rows_of_turn.values()):
+            for i in picked:
+                prompts[i] = prompt
     names = [r.adapter for r in rows] if routes_adapters(group.model) else None
     merged = adapter_hash(group.merged) if group.merged else ""
     hashes = [merged + adapter_hash(group.folders.get(r.adapter)) for r in rows]
