@@ -19,7 +19,9 @@ By default the run is shortened so that 200 users can finish on 2 cores in under
 never stops early). Every arm, the best-on-val replies and the cloze stay. What must stay flat is the
 cost per user, which these settings scale by a constant. --full keeps 50 sessions and the real configs' seeds, epochs,
 training data and 128 new tokens. Per stage it prints wall seconds, seconds per user, the stage's peak resident
-memory and the adapters on disk; the table goes to results/rehearsal/<personas>/rehearsal.json too.
+memory and the adapters on disk, and per training stage the seconds per adapter spent outside its
+adapters' optimizer steps and validation passes (the stage's wall time less its adapters' train logs); the
+table goes to results/rehearsal/<personas>/rehearsal.json too.
 Each stage runs in its own process, alone: nothing else should use the cores meanwhile. Each stage's
 output (the evaluation's time breakdown among it) is kept in results/rehearsal/<personas>_logs/.
 """
@@ -61,6 +63,38 @@ def run_stage(name, command, users, models, logs):
     return row
 
 
+def outside_training(stage_seconds, arm_folder):
+    """Seconds per adapter that a training stage spent outside its adapters' optimizer steps and validation
+    passes (process start, model loading, tokenization, wrapping, writing folders): the stage's wall time
+    less what its adapters' train logs time (a stacked slot logs its share of its group's), over the adapters.
+    None where the folder has no train log."""
+    logs = [json.loads(path.read_text()) for path in Path(arm_folder).rglob("train_log.json")]
+    return (stage_seconds - sum(log["seconds"] for log in logs)) / len(logs) if logs else None
+
+
+def fixed_cost(row, arm_folder):
+    """A training stage's row's adapters trained and `outside_training` seconds per adapter."""
+    outside = outside_training(row["seconds"], arm_folder)
+    return {"adapters_trained": sum(1 for _ in Path(arm_folder).rglob("train_log.json")),
+            "outside_s_per_adapter": None if outside is None else round(outside, 3)}
+
+
+def fixed_cost_table(runs):
+    """Markdown: each per-user training stage's adapters and seconds per adapter outside its training steps
+    (`outside_training`), at each size of `runs`."""
+    sizes = [run["personas"] for run in runs]
+    by_size = [{row["stage"]: row for row in run["stages"]} for run in runs]
+    stages = [f"train {scope}" for scope in SCOPES if "per_user" in scope]
+    head = ["stage"] + [f"{n}: adapters" for n in sizes] + [f"{n}: s per adapter outside training" for n in sizes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for stage in stages:
+        rows = [rows_of.get(stage, {}) for rows_of in by_size]
+        cells = [str(r.get("adapters_trained", "")) for r in rows]
+        cells += ["" if r.get("outside_s_per_adapter") is None else f"{r['outside_s_per_adapter']:.3f}" for r in rows]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def scaling_table(runs):
     """Markdown: each stage's seconds per user and peak memory at each size of `runs` (rehearsal.json contents,
     smallest first), and each against the smallest. The data, clean and split stages (under a second) are
@@ -97,7 +131,14 @@ def main():
         suffix = "_full" if args.full else ""
         runs = [json.loads((ROOT / "results" / "rehearsal" / f"{n}{suffix}" / "rehearsal.json").read_text())
                 for n in sorted(args.table)]
+        for run in runs:  # runs from before the fixed cost was recorded: from their adapters' folders, if kept
+            for scope in SCOPES:
+                row = next(r for r in run["stages"] if r["stage"] == f"train {scope}")
+                if "outside_s_per_adapter" not in row:
+                    row.update(fixed_cost(row, ROOT / "models" / "rehearsal" / f"{run['personas']}{suffix}" / ARMS[scope]))
         print(scaling_table(runs))
+        print()
+        print(fixed_cost_table(runs))
         return 0
     args.sessions = args.sessions or (50 if args.full else 12)
     name = f"rehearsal/{args.personas}" + ("_full" if args.full else "")
@@ -133,6 +174,11 @@ def main():
                      "--label", f"rehearsal on random-model replies ({users} synthetic personas)"]),
     ]
     rows = [run_stage(stage, command, users, models, results.parent / f"{results.name}_logs") for stage, command in stages]
+    for scope in SCOPES:  # each training stage's cost per adapter outside its optimizer steps and validation
+        row = next(r for r in rows if r["stage"] == f"train {scope}")
+        row.update(fixed_cost(row, models / ARMS[scope]))
+        print(f"train {scope:<22} {row['outside_s_per_adapter']} s per adapter outside its training steps "
+              f"({row['adapters_trained']} adapters)")
     total = sum(r["seconds"] for r in rows)
     results.mkdir(parents=True, exist_ok=True)
     (results / "rehearsal.json").write_text(json.dumps(

@@ -26,3 +26,21 @@ def test_the_scaling_table_puts_each_stage_per_user_against_the_smallest_run():
     assert table[4].startswith("| all stages | 13.01 | 14.10 |") and "1.08x" in table[4]
     assert table[5].startswith("| minutes in all | 5.4 | 47.0 |")
     assert not any("| data |" in line for line in table)
+
+
+def test_the_fixed_cost_per_adapter_is_the_stage_less_its_train_logs(tmp_path):
+    """Three adapters whose train logs time 2, 3 and 4 s of a 12 s stage: 1 s each outside their training."""
+    rehearsal = _rehearsal()
+    for k, seconds in enumerate((2.0, 3.0, 4.0)):
+        folder = tmp_path / "lora_per_user" / "seed_0" / f"persona_{k:03d}"
+        folder.mkdir(parents=True)
+        (folder / "train_log.json").write_text(f'{{"seconds": {seconds}}}')
+    row = {"stage": "train per_user", "seconds": 12.0}
+    row.update(rehearsal.fixed_cost(row, tmp_path / "lora_per_user"))
+    assert row == {"stage": "train per_user", "seconds": 12.0, "adapters_trained": 3, "outside_s_per_adapter": 1.0}
+    assert rehearsal.fixed_cost(row, tmp_path / "missing") == {"adapters_trained": 0, "outside_s_per_adapter": None}
+    run = {"personas": 25, "stages": [row, {"stage": "train per_user_on_all", "seconds": 5.0}]}
+    table = rehearsal.fixed_cost_table([run]).splitlines()
+    assert table[0] == "| stage | 25: adapters | 25: s per adapter outside training |"
+    assert table[2] == "| train per_user | 3 | 1.000 |"
+    assert table[3] == "| train per_user_on_all |  |  |"
