@@ -41,8 +41,7 @@ def stop_token_ids(model, tokenizer):
 def encode_prompts(tokenizer, prompts):
     """Token ids of rendered prompts (the chat template already holds the special tokens), each distinct prompt
     tokenized once: arms with the same prompt settings, and every seed of an arm, ask for the same prompts."""
-    distinct = list(dict.fromkeys(prompts))
-    ids = dict(zip(distinct, tokenizer(distinct, add_special_tokens=False)["input_ids"])) if distinct else {}
+    ids = {p: tokenizer(p, add_special_tokens=False)["input_ids"] for p in dict.fromkeys(prompts)}
     return [ids[p] for p in prompts]
 
 
