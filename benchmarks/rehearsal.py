@@ -63,25 +63,19 @@ def run_stage(name, command, users, models, logs):
     return row
 
 
-def outside_training(stage_seconds, arm_folder):
-    """Seconds per adapter that a training stage spent outside its adapters' optimizer steps and validation
-    passes (process start, model loading, tokenization, wrapping, writing folders): the stage's wall time
-    less what its adapters' train logs time (a stacked slot logs its share of its group's), over the adapters.
-    None where the folder has no train log."""
-    logs = [json.loads(path.read_text()) for path in Path(arm_folder).rglob("train_log.json")]
-    return (stage_seconds - sum(log["seconds"] for log in logs)) / len(logs) if logs else None
-
-
 def fixed_cost(row, arm_folder):
-    """A training stage's row's adapters trained and `outside_training` seconds per adapter."""
-    outside = outside_training(row["seconds"], arm_folder)
-    return {"adapters_trained": sum(1 for _ in Path(arm_folder).rglob("train_log.json")),
-            "outside_s_per_adapter": None if outside is None else round(outside, 3)}
+    """A training stage's adapters trained, and the seconds per adapter it spent outside their optimizer steps and
+    validation passes (process start, model loading, tokenization, wrapping, writing folders): the stage's wall
+    time less what the adapters' train logs time (a stacked slot logs its share of its group's), over the
+    adapters; None where the folder has no train log."""
+    logs = [json.loads(path.read_text()) for path in Path(arm_folder).rglob("train_log.json")]
+    outside = (row["seconds"] - sum(log["seconds"] for log in logs)) / len(logs) if logs else None
+    return {"adapters_trained": len(logs), "outside_s_per_adapter": None if outside is None else round(outside, 3)}
 
 
 def fixed_cost_table(runs):
     """Markdown: each per-user training stage's adapters and seconds per adapter outside its training steps
-    (`outside_training`), at each size of `runs`."""
+    (`fixed_cost`), at each size of `runs`."""
     sizes = [run["personas"] for run in runs]
     by_size = [{row["stage"]: row for row in run["stages"]} for run in runs]
     stages = [f"train {scope}" for scope in SCOPES if "per_user" in scope]
