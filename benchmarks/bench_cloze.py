@@ -1,4 +1,5 @@
-"""Scoring the preference cloze's candidates: a token trie per item after its prefix's cache, against a row per candidate.
+"""Scoring the preference cloze's candidates: a token trie per item after its prefix's cache, against a row per
+candidate.
 
     .venv/bin/python benchmarks/bench_cloze.py [--config configs/demo/lora_eval.json] [--personas 4] [--max_items 60]
 

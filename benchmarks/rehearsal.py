@@ -73,6 +73,14 @@ def fixed_cost(row, arm_folder):
     return {"adapters_trained": len(logs), "outside_s_per_adapter": None if outside is None else round(outside, 3)}
 
 
+def add_fixed_costs(rows, models):
+    """Each training stage's row gets its `fixed_cost` from its arm's folder under `models`, unless it has one."""
+    for scope in SCOPES:
+        row = next(r for r in rows if r["stage"] == f"train {scope}")
+        if "outside_s_per_adapter" not in row:
+            row.update(fixed_cost(row, models / ARMS[scope]))
+
+
 def fixed_cost_table(runs):
     """Markdown: each per-user training stage's adapters and seconds per adapter outside its training steps
     (`fixed_cost`), at each size of `runs`."""
@@ -126,10 +134,7 @@ def main():
         runs = [json.loads((ROOT / "results" / "rehearsal" / f"{n}{suffix}" / "rehearsal.json").read_text())
                 for n in sorted(args.table)]
         for run in runs:  # runs from before the fixed cost was recorded: from their adapters' folders, if kept
-            for scope in SCOPES:
-                row = next(r for r in run["stages"] if r["stage"] == f"train {scope}")
-                if "outside_s_per_adapter" not in row:
-                    row.update(fixed_cost(row, ROOT / "models" / "rehearsal" / f"{run['personas']}{suffix}" / ARMS[scope]))
+            add_fixed_costs(run["stages"], ROOT / "models" / "rehearsal" / f"{run['personas']}{suffix}")
         print(scaling_table(runs))
         print()
         print(fixed_cost_table(runs))
@@ -168,11 +173,11 @@ def main():
                      "--label", f"rehearsal on random-model replies ({users} synthetic personas)"]),
     ]
     rows = [run_stage(stage, command, users, models, results.parent / f"{results.name}_logs") for stage, command in stages]
-    for scope in SCOPES:  # each training stage's cost per adapter outside its optimizer steps and validation
-        row = next(r for r in rows if r["stage"] == f"train {scope}")
-        row.update(fixed_cost(row, models / ARMS[scope]))
-        print(f"train {scope:<22} {row['outside_s_per_adapter']} s per adapter outside its training steps "
-              f"({row['adapters_trained']} adapters)")
+    add_fixed_costs(rows, models)  # each training stage's cost per adapter outside its optimizer steps and validation
+    for row in rows:
+        if "adapters_trained" in row:
+            print(f"{row['stage']:<28} {row['outside_s_per_adapter']} s per adapter outside its training steps "
+                  f"({row['adapters_trained']} adapters)")
     total = sum(r["seconds"] for r in rows)
     results.mkdir(parents=True, exist_ok=True)
     (results / "rehearsal.json").write_text(json.dumps(

@@ -44,3 +44,16 @@ def test_the_fixed_cost_per_adapter_is_the_stage_less_its_train_logs(tmp_path):
     assert table[0] == "| stage | 25: adapters | 25: s per adapter outside training |"
     assert table[2] == "| train per_user | 3 | 1.000 |"
     assert table[3] == "| train per_user_on_all |  |  |"
+
+
+def test_fixed_costs_fill_only_the_training_rows_that_lack_one(tmp_path):
+    rehearsal = _rehearsal()
+    folder = tmp_path / "lora_per_user" / "seed_0" / "persona_000"
+    folder.mkdir(parents=True)
+    (folder / "train_log.json").write_text('{"seconds": 2.5}')
+    recorded = {"adapters_trained": 7, "outside_s_per_adapter": 0.25}
+    rows = [{"stage": f"train {scope}", "seconds": 3.0, **({} if scope == "per_user" else recorded)}
+            for scope in rehearsal.SCOPES]
+    rehearsal.add_fixed_costs(rows, tmp_path)
+    assert rows[1] == {"stage": "train per_user", "seconds": 3.0, "adapters_trained": 1, "outside_s_per_adapter": 0.5}
+    assert all(row["outside_s_per_adapter"] == 0.25 for k, row in enumerate(rows) if k != 1)

@@ -155,7 +155,8 @@ class _Sentence:
         return self.mentions[0][1] if self.mentions else fallback
 
 
-CONTEXT_STATES = 50_000  # dialogue states kept per extractor: each a tuple of references to texts held anyway, and a two-key dict
+# dialogue states kept per extractor: each a tuple of references to texts held anyway, and a two-key dict
+CONTEXT_STATES = 50_000
 
 
 class ActionExtractor:

@@ -410,7 +410,8 @@ def _tail_logprobs(runner, cache, items, route):
     if pair_of:
         with _projecting_only(runner, list(pair_of)):
             logits = runner(input_ids=ids, attention_mask=_attention_mask(runner, allowed), position_ids=positions,
-                            cache=turn_cache(runner, cache, [item.row for item in items], [item.length for item in items]),
+                            cache=turn_cache(runner, cache, [item.row for item in items],
+                                             [item.length for item in items]),
                             logits_to_keep=0, **route([item.adapter for item in items])).logits
         logp = torch.log_softmax(logits.float(), dim=-1)  # (scored nodes, vocabulary)
         token_logp = logp[torch.tensor(pairs, device=device), torch.tensor(targets, device=device)]
