@@ -162,7 +162,7 @@ def evaluate_cloze(ev, indices, arms=None):
     """ClozeResults of every model arm (or of `arms`; every seed) on the stated routine values of the dialogues
     {persona: dialogue indices}."""
     items = cloze_items(ev.dialogs, indices, ev.actions_of)
-    results = []
+    results, sequences = [], {}  # each item's token ids under each prompt, shared by the arms and seeds
     for group in ev.groups:
         for arm in [a for a in group.arms if arms is None or a in arms]:
             seeds = {s for p in indices for s in group.adapters_for(arm, p)}
@@ -170,7 +170,7 @@ def evaluate_cloze(ev, indices, arms=None):
                 def adapter_of(persona, arm=arm, seed=seed, group=group):
                     return group.adapters_for(arm, persona).get(seed)
                 results += score_items(group.model, group.tokenizer, ev.dialogs, items, arm_prompt(arm, ev.cfg.prompt),
-                                       arm, adapter_of, ev.habits, ev.retriever, seed)
+                                       arm, adapter_of, ev.habits, ev.retriever, seed, sequences)
     return results
 
 

@@ -211,6 +211,24 @@ def test_score_items_marks_the_argmax(tiny_model):
     assert score_items(model, tokenizer, dialogs, items, cfg, "lora_per_user", lambda p: None, {}) == []
 
 
+def test_arms_with_one_prompt_render_each_item_once(tiny_model, monkeypatch):
+    import adaptcommand.evaluation.cloze as cloze
+
+    model, tokenizer = tiny_model
+    dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color.")]
+    items, _ = _items(dialogs)
+    cfg = replace(defaults().prompt, system_template="S")
+    alone = [score_items(model, tokenizer, dialogs, items, c, arm, lambda p: "__base__", {})
+             for arm, c in (("baseline", cfg), ("lora_all", cfg), ("character", replace(cfg, system_template="T")))]
+    rendered = []
+    monkeypatch.setattr(cloze, "item_sequences", lambda *args: rendered.append(args[2]) or item_sequences(*args))
+    shared = {}
+    together = [score_items(model, tokenizer, dialogs, items, c, arm, lambda p: "__base__", {}, sequences=shared)
+                for arm, c in (("baseline", cfg), ("lora_all", cfg), ("character", replace(cfg, system_template="T")))]
+    assert together == alone
+    assert rendered == items + items  # once for the two arms of one prompt, once more for the other prompt
+
+
 def test_no_candidate_wins_by_being_a_prefix(tiny_model):
     """Where the value ends the message, every candidate ends with the end-of-turn marker, so no tail is a
     token prefix of another ("3" of "35") and a two-digit answer can rank first."""

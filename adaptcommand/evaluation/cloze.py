@@ -444,9 +444,15 @@ def habit_values(dialogs, train_indices_by_persona, actions_of):
     return habits
 
 
-def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, habits, retriever=None, seed=None):
+def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, habits, retriever=None, seed=None,
+                sequences=None):
     """ClozeResults of one arm; adapter_of(persona) names each persona's adapter (None: skip it);
-    habits: `habit_values` of the train split, for the majority and habit baselines."""
+    habits: `habit_values` of the train split, for the majority and habit baselines.
+
+    sequences: a dict the caller keeps over the arms and seeds it scores, of each item's token ids under a
+    prompt (`item_sequences`): arms and seeds with the same prompt settings and tokenizer (the same folder,
+    whichever model group loaded it) render and tokenize an item once."""
+    sequences = {} if sequences is None else sequences
     majority = habits.get(EVERYONE, {})
     by_dialog = {}  # items of one dialogue and adapter share their prefill
     for item in items:
@@ -459,11 +465,17 @@ def score_items(model, tokenizer, dialogs, items, prompt_cfg, arm, adapter_of, h
         found = retriever.retrieve_many([(item.persona_id, dialogs[item.dialog_index]["messages"][:item.message_index],
                                           item.dialog_index) for item in asked])
         retrieved = {id(item): dialogues for item, dialogues in zip(asked, found)}
+
+    def sequences_of(item):
+        found = retrieved.get(id(item), ())
+        key = (tokenizer.name_or_path, item, prompt_cfg, tuple(map(id, found)))
+        if key not in sequences:
+            sequences[key] = item_sequences(tokenizer, dialogs[item.dialog_index], item, prompt_cfg, found)
+        return sequences[key]
+
     routed = routes_adapters(model)
-    scored = dialogue_logprobs(model, [(adapter if routed else None,
-                                        [item_sequences(tokenizer, dialogs[index], item, prompt_cfg,
-                                                        retrieved.get(id(item), ())) for item in group])
-                                       for (index, adapter), group in by_dialog.items()])
+    scored = dialogue_logprobs(model, [(adapter if routed else None, [sequences_of(item) for item in group])
+                                       for (_, adapter), group in by_dialog.items()])
     return [_result(item, scores, arm, seed, habits, majority)
             for group, group_scores in zip(by_dialog.values(), scored) for item, scores in zip(group, group_scores)]
 
