@@ -218,13 +218,13 @@ def test_arms_with_one_prompt_render_each_item_once(tiny_model, monkeypatch):
     dialogs = [_dialog("Turn on the lights.", "Make it 50% please.", "And a warm color.")]
     items, _ = _items(dialogs)
     cfg = replace(defaults().prompt, system_template="S")
-    alone = [score_items(model, tokenizer, dialogs, items, c, arm, lambda p: "__base__", {})
-             for arm, c in (("baseline", cfg), ("lora_all", cfg), ("character", replace(cfg, system_template="T")))]
+    arms = (("baseline", cfg), ("lora_all", cfg), ("character", replace(cfg, system_template="T")))
+    alone = [score_items(model, tokenizer, dialogs, items, c, arm, lambda p: "__base__", {}) for arm, c in arms]
     rendered = []
     monkeypatch.setattr(cloze, "item_sequences", lambda *args: rendered.append(args[2]) or item_sequences(*args))
     shared = {}
     together = [score_items(model, tokenizer, dialogs, items, c, arm, lambda p: "__base__", {}, sequences=shared)
-                for arm, c in (("baseline", cfg), ("lora_all", cfg), ("character", replace(cfg, system_template="T")))]
+                for arm, c in arms]
     assert together == alone
     assert rendered == items + items  # once for the two arms of one prompt, once more for the other prompt
 
