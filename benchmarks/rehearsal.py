@@ -21,8 +21,7 @@ cost per user, which these settings scale by a constant. --full keeps 50 session
 training data and 128 new tokens. Per stage it prints wall seconds, seconds per user, the stage's peak resident
 memory and the adapters on disk, and per training stage the seconds per adapter spent outside its
 adapters' optimizer steps and validation passes (the stage's wall time less its adapters' train logs); the
-table goes to results/rehearsal/<personas>/rehearsal.json too, with the machine's speed during the run (the
-training stages' mean forward+backward floor: compare runs' minutes only with it beside them).
+table goes to results/rehearsal/<personas>/rehearsal.json too.
 Each stage runs in its own process, alone: nothing else should use the cores meanwhile. Each stage's
 output (the evaluation's time breakdown among it) is kept in results/rehearsal/<personas>_logs/.
 """
@@ -82,20 +81,6 @@ def add_fixed_costs(rows, models):
             row.update(fixed_cost(row, models / ARMS[scope]))
 
 
-def machine_floor(models):
-    """The mean of the training stages' floors: the model's forward+backward rate (tokens/s) that each training
-    process measures at its start (train_log.json, floor_tokens_per_second), a probe of how fast the machine ran
-    during the run. On these shared 2-core machines it moves by 10-20% between runs, and the run's minutes move
-    with it; None where no stage logged one."""
-    floors = []
-    for scope in SCOPES:
-        log = next(Path(models / ARMS[scope]).rglob("train_log.json"), None)  # one floor per stage: any adapter's
-        floor = json.loads(log.read_text()).get("floor_tokens_per_second") if log is not None else None
-        if floor:
-            floors.append(floor)
-    return round(sum(floors) / len(floors)) if floors else None
-
-
 def fixed_cost_table(runs):
     """Markdown: each per-user training stage's adapters and seconds per adapter outside its training steps
     (`fixed_cost`), at each size of `runs`."""
@@ -133,9 +118,6 @@ def scaling_table(runs):
     lines.append("| all stages | " + " | ".join(cells + [""] * (len(runs) - 1)) + " |")
     lines.append("| minutes in all | " + " | ".join([f"{run['seconds'] / 60:.1f}" for run in runs]
                                                     + [""] * (len(head) - 1 - len(runs))) + " |")
-    if any(run.get("machine_floor") for run in runs):
-        lines.append("| machine: training floor, tokens/s | " + " | ".join(
-            [str(run.get("machine_floor") or "") for run in runs] + [""] * (len(head) - 1 - len(runs))) + " |")
     return "\n".join(lines)
 
 
@@ -196,14 +178,11 @@ def main():
         if "adapters_trained" in row:
             print(f"{row['stage']:<28} {row['outside_s_per_adapter']} s per adapter outside its training steps "
                   f"({row['adapters_trained']} adapters)")
-    total, floor = sum(r["seconds"] for r in rows), machine_floor(models)
-    if floor:
-        print(f"machine: the training stages' forward+backward floor averaged {floor} tokens/s (the run's minutes "
-              f"move with it)")
+    total = sum(r["seconds"] for r in rows)
     results.mkdir(parents=True, exist_ok=True)
     (results / "rehearsal.json").write_text(json.dumps(
         {"personas": users, "sessions": args.sessions, "full": args.full, "stages": rows, "seconds": total,
-         "machine_floor": floor, "date": time.strftime("%Y-%m-%d")}, indent=1))
+         "date": time.strftime("%Y-%m-%d")}, indent=1))
     failed = [r["stage"] for r in rows if r["exit"] != 0]
     print(f"wrote {results / 'rehearsal.json'}" + (f"; FAILED stages: {', '.join(failed)}" if failed else ""))
     print(f"rehearsal: {users} users, {total:.0f} s in all, {total / users:.2f} s per user")

@@ -57,18 +57,3 @@ def test_fixed_costs_fill_only_the_training_rows_that_lack_one(tmp_path):
     rehearsal.add_fixed_costs(rows, tmp_path)
     assert rows[1] == {"stage": "train per_user", "seconds": 3.0, "adapters_trained": 1, "outside_s_per_adapter": 0.5}
     assert all(row["outside_s_per_adapter"] == 0.25 for k, row in enumerate(rows) if k != 1)
-
-
-def test_the_machine_floor_is_the_mean_of_the_training_stages_floors(tmp_path):
-    """Each stage's process measures one floor; its adapters' logs all carry it. Stages with no log count not."""
-    rehearsal = _rehearsal()
-    for scope, floor in (("lora_all", 3000.0), ("lora_per_user", 2000.0), ("prefix_all", None)):
-        for persona in ("persona_000", "persona_001"):
-            folder = tmp_path / scope / "seed_0" / persona
-            folder.mkdir(parents=True)
-            (folder / "train_log.json").write_text(f'{{"seconds": 1.0, "floor_tokens_per_second": {floor or "null"}}}')
-    assert rehearsal.machine_floor(tmp_path) == 2500
-    assert rehearsal.machine_floor(tmp_path / "missing") is None
-    runs = [{**_run(25, 25.0, 300.0, 1900), "machine_floor": 3185}, _run(200, 180.0, 2640.0, 2850)]
-    assert rehearsal.scaling_table(runs).splitlines()[-1] == "| machine: training floor, tokens/s | 3185 |  |  |  |  |  |"
-    assert "machine" not in rehearsal.scaling_table([_run(25, 25.0, 300.0, 1900)])
